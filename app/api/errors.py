@@ -1,0 +1,98 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "code"}}`` with the right status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error a client can act on. Services raise their own errors; routes map them here."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers
+
+
+def error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "code": code, "param": param}}
+
+
+def _response(exc: APIError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.message, exc.type, exc.code, exc.param),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return _response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors: list[Any] = list(exc.errors())
+        parts = []
+        for err in errors[:5]:
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{loc or 'body'}: {err.get('msg')}")
+        param = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else None
+        return JSONResponse(
+            error_body("; ".join(parts) or "invalid request", "invalid_request_error",
+                       "invalid_request", param),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _STATUS_TYPES.get(exc.status_code, "api_error")
+        return JSONResponse(
+            error_body(str(exc.detail), kind, str(exc.status_code)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("event=unhandled_error error=%r", exc)
+        return JSONResponse(
+            error_body(f"internal error: {type(exc).__name__}", "api_error", "internal_error"),
+            status_code=500,
+        )

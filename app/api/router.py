@@ -1,0 +1,13 @@
+"""All routers, one module per resource."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import AuthDep
+from app.api.routes import chat, health, models
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(models.router, prefix="/v1", dependencies=[AuthDep])
+api_router.include_router(chat.router, prefix="/v1", dependencies=[AuthDep])

