@@ -10,6 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.llm.base import (
+    BackendUnavailableError,
+    LLMError,
+    ModelNotFoundError,
+    OverloadedError,
+    PromptTooLongError,
+)
+
 logger = logging.getLogger(__name__)
 
 
@@ -61,7 +69,40 @@ _STATUS_TYPES = {
 }
 
 
+def from_llm_error(exc: LLMError, retry_after_s: int = 5) -> APIError:
+    """The status and OpenAI error type of a backend error."""
+    if isinstance(exc, ModelNotFoundError):
+        return APIError(
+            404, str(exc), type="not_found_error", code="model_not_found", param="model"
+        )
+    if isinstance(exc, PromptTooLongError):
+        return APIError(413, str(exc), code="context_length_exceeded", param="messages")
+    if isinstance(exc, OverloadedError):
+        return APIError(
+            503,
+            str(exc),
+            type="overloaded_error",
+            code="server_busy",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    if isinstance(exc, BackendUnavailableError):
+        return APIError(
+            503,
+            str(exc),
+            type="api_error",
+            code="backend_unavailable",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    return APIError(500, str(exc), type="api_error", code="llm_error")
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LLMError)
+    async def _llm_error(request: Request, exc: LLMError) -> JSONResponse:
+        settings = getattr(request.app.state, "settings", None)
+        retry = settings.llm.retry_after_s if settings is not None else 5
+        return _response(from_llm_error(exc, retry))
+
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return _response(exc)
@@ -75,8 +116,12 @@ def install_error_handlers(app: FastAPI) -> None:
             parts.append(f"{loc or 'body'}: {err.get('msg')}")
         param = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else None
         return JSONResponse(
-            error_body("; ".join(parts) or "invalid request", "invalid_request_error",
-                       "invalid_request", param),
+            error_body(
+                "; ".join(parts) or "invalid request",
+                "invalid_request_error",
+                "invalid_request",
+                param,
+            ),
             status_code=422,
         )
 

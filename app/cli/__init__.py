@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.settings import SettingsError, load_settings, masked_dump
+from app.settings import Settings, SettingsError, load_settings, masked_dump
 
 cli = typer.Typer(
     name="kbqa",
@@ -26,7 +26,7 @@ ConfigOpt = Annotated[
 ]
 
 
-def settings_or_exit(config: Path | None, **overrides: object):  # type: ignore[no-untyped-def]
+def settings_or_exit(config: Path | None, **overrides: object) -> Settings:
     """Load settings for a command; print a readable error and exit 2 when they are wrong."""
     try:
         return load_settings(config, **overrides)

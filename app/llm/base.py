@@ -100,6 +100,13 @@ class LLMBackend(abc.ABC):
     ) -> AsyncIterator[StreamChunk]:
         """The answer piece by piece; closing the iterator stops the generation."""
 
+    async def check(
+        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
+    ) -> None:
+        """Raise the errors a request would hit (unknown model, prompt too long) before any
+        response is started; backends that cannot tell cheaply only check the model name."""
+        self.resolve_model(model)
+
     def resolve_model(self, model: str | None) -> str | None:
         """Map a requested model name to an adapter name (None = base); raise if unknown."""
         if model is None or model == self.name:

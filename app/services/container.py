@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.llm.base import LLMBackend
+from app.services.chat import ChatService
 
 
 @dataclass
 class Services:
     llm: LLMBackend | None = None
+    chat: ChatService | None = None
     # closables are shut down in reverse order when the app stops
     closables: list[Any] = field(default_factory=list)
 

@@ -29,10 +29,11 @@ class OpenAIBackendSettings(Section):
 
 
 class LLMSettings(Section):
-    backend: Literal["transformers", "openai"] = Field(
+    backend: Literal["transformers", "openai", "none"] = Field(
         "transformers",
         description="`transformers`: a local causal LM in this process. `openai`: any "
-        "OpenAI-compatible server (the scale-out path: kbqa in front of vLLM).",
+        "OpenAI-compatible server (the scale-out path: kbqa in front of vLLM). `none`: no LLM "
+        "(retrieval-only service; chat answers 503).",
     )
     model: str = Field(
         "smollm2-135m-instruct",

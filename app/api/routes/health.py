@@ -1,0 +1,23 @@
+"""GET /health: no API key needed (load balancers)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import ServicesDep, SettingsDep
+from app.api.schemas.chat import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health)
+async def health(services: ServicesDep, settings: SettingsDep) -> Health:
+    llm = services.llm
+    wanted = settings.llm.backend != "none"
+    return Health(
+        status="ok" if (llm is not None) == wanted else "degraded",
+        model_loaded=llm is not None,
+        model=llm.name if llm else None,
+        backend=settings.llm.backend,
+        device=llm.device if llm else None,
+    )
