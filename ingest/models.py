@@ -1,0 +1,100 @@
+"""Plain data passed between the ingest pieces and to callers (the API, the RAG retriever)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SearchMode = Literal["dense", "keyword", "hybrid"]
+JobState = Literal["queued", "running", "succeeded", "failed"]
+
+
+@dataclass
+class Segment:
+    """One block a loader read: a paragraph, heading, table row or line, in reading order."""
+
+    text: str
+    page: int | None = None
+    heading_level: int | None = None  # set for headings (1 = top)
+    table_row: bool = False
+
+
+@dataclass
+class Chunk:
+    """A piece of a document as stored: ``start``/``end`` index the document's joined text."""
+
+    text: str
+    index: int
+    start: int
+    end: int
+    page: int | None = None
+    heading_path: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchHit:
+    """One search result. ``score`` is on one 0-1 scale, higher = more relevant.
+
+    metadata keys: kb, doc_id, filename, page, heading_path, chunk_index, chunk_id,
+    start, end (character offsets in the document's extracted text).
+    """
+
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class KnowledgeBase:
+    name: str
+    embedding_model: str
+    embedding_dim: int
+    created_at: float
+    documents: int = 0
+    chunks: int = 0
+
+
+@dataclass
+class Document:
+    kb: str
+    doc_id: str
+    filename: str
+    size: int
+    sha256: str
+    status: str  # queued | ingesting | ready | failed
+    chunks: int
+    uploaded_at: float
+    error: str | None = None
+    path: str | None = None
+
+
+@dataclass
+class Job:
+    id: str
+    kb: str
+    doc_id: str
+    filename: str
+    state: JobState
+    progress_done: int
+    progress_total: int
+    chunks: int
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+
+
+@dataclass
+class UploadResult:
+    """What happened to one uploaded file: a job, a duplicate, or an error."""
+
+    filename: str
+    status: Literal["queued", "duplicate", "rejected"]
+    doc_id: str | None = None
+    job: Job | None = None
+    error: str | None = None
+    error_kind: str | None = None  # the IngestError subclass name when rejected

@@ -1,0 +1,418 @@
+"""The knowledge-base service: KB management, uploads, the ingest pipeline and search.
+
+Used by the API routers, the CLI (`kbqa ingest`, `kbqa worker`) and the RAG retriever
+(``search``). Collaborators come in through the constructor; ``from_settings`` wires the
+defaults.
+
+Score scale of ``search`` (one 0-1 scale, higher = more relevant):
+- dense: cosine similarity of the L2-normalised query and chunk vectors, negatives clipped to 0;
+- keyword: BM25 score ``s`` mapped to ``s / (s + keyword_score_half)`` (0.5 at that score);
+- hybrid: reciprocal-rank fusion ``sum 1/(rrf_k + rank)`` over the dense and keyword candidate
+  lists, divided by its maximum ``2/(rrf_k + 1)``: 1.0 = first in both lists, 0.5 = first in
+  one list and absent from the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from app.settings import Settings
+from app.settings.ingest import IngestSettings, RetrievalSettings
+from ingest.catalog import Catalog
+from ingest.embeddings import NamedEmbeddings, build_embeddings
+from ingest.errors import (
+    ConflictError,
+    DocumentError,
+    EmbeddingMismatchError,
+    FileTooLargeError,
+    IngestError,
+    InterruptedJob,
+    InvalidNameError,
+    NotFoundError,
+    UnsupportedTypeError,
+)
+from ingest.keyword import KeywordIndex, Tokenizer
+from ingest.loaders import ACCEPTED_TYPES, check_filename, file_type, load
+from ingest.models import Document, Job, KnowledgeBase, SearchHit, SearchMode, UploadResult
+from ingest.splitter import Splitter
+from ingest.store import VectorStore
+
+logger = logging.getLogger(__name__)
+
+_KB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ProgressFn = Callable[[int, int], None]
+
+
+def check_kb_name(name: str) -> str:
+    if not _KB_NAME.match(name or ""):
+        raise InvalidNameError(
+            f"invalid knowledge base name {name!r}: use 1-64 letters, digits, `-` or `_`"
+        )
+    return name
+
+
+class KnowledgeBaseService:
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: VectorStore,
+        keyword: KeywordIndex,
+        embeddings: NamedEmbeddings,
+        files_dir: Path,
+        ingest: IngestSettings,
+        retrieval: RetrievalSettings,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.keyword = keyword
+        self.embeddings = embeddings
+        self.files_dir = files_dir
+        self.ingest_settings = ingest
+        self.retrieval = retrieval
+        self.splitter = Splitter(ingest.chunk_size, ingest.chunk_overlap)
+        self.stopping = threading.Event()
+        self.job_added = threading.Event()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, embeddings: NamedEmbeddings | None = None
+    ) -> KnowledgeBaseService:
+        root = settings.data_dir / "ingest"
+        embeddings = embeddings or build_embeddings(settings.embeddings)
+        vs = settings.vectorstore
+        if vs.chroma_host:
+            store = VectorStore.http(
+                vs.chroma_host,
+                vs.chroma_port,
+                embeddings,
+                ssl=vs.chroma_ssl,
+                token=vs.chroma_token.get_secret_value() if vs.chroma_token else None,
+                prefix=vs.collection_prefix,
+                add_batch_size=vs.add_batch_size,
+            )
+        else:
+            store = VectorStore.persistent(
+                vs.path or settings.data_dir / "chroma",
+                embeddings,
+                prefix=vs.collection_prefix,
+                add_batch_size=vs.add_batch_size,
+            )
+        catalog = Catalog(root / "ingest.sqlite")
+        logger.info(
+            "event=kb_service_ready embedder=%s dim=%d store=%s",
+            embeddings.name,
+            embeddings.dim,
+            "http" if vs.chroma_host else "persistent",
+        )
+        return cls(
+            catalog,
+            store,
+            KeywordIndex(catalog, Tokenizer()),
+            embeddings,
+            root / "files",
+            settings.ingest,
+            settings.retrieval,
+        )
+
+    # knowledge bases -------------------------------------------------------------------
+    def create_kb(self, name: str, exist_ok: bool = False) -> KnowledgeBase:
+        check_kb_name(name)
+        created = self.catalog.create_kb(name, self.embeddings.name, self.embeddings.dim)
+        if not created and not exist_ok:
+            raise ConflictError(f"knowledge base {name!r} exists already")
+        kb = self.get_kb(name)
+        self.store.collection(name)
+        return kb
+
+    def get_kb(self, name: str) -> KnowledgeBase:
+        kb = self.catalog.get_kb(name)
+        if kb is None:
+            raise NotFoundError(f"knowledge base {name!r} not found; create it first")
+        return kb
+
+    def open_kb(self, name: str) -> KnowledgeBase:
+        """The KB, checked to be built with this service's embedding model."""
+        kb = self.get_kb(name)
+        if kb.embedding_model != self.embeddings.name or kb.embedding_dim != self.embeddings.dim:
+            raise EmbeddingMismatchError(
+                f"knowledge base {name!r} was built with embedding model {kb.embedding_model} "
+                f"(dim {kb.embedding_dim}) but this service uses {self.embeddings.name} "
+                f"(dim {self.embeddings.dim}); configure the same model (embeddings.backend / "
+                "embeddings.model) or re-ingest into a new knowledge base"
+            )
+        return kb
+
+    def list_kbs(self) -> list[KnowledgeBase]:
+        return self.catalog.list_kbs()
+
+    def delete_kb(self, name: str) -> None:
+        self.get_kb(name)
+        self.catalog.delete_kb(name)
+        self.store.drop(name)
+        self.keyword.forget(name)
+        shutil.rmtree(self.files_dir / name, ignore_errors=True)
+        logger.info("event=kb_deleted kb=%s", name)
+
+    # uploads ---------------------------------------------------------------------------
+    def check_upload(self, filename: str, size: int | None = None) -> str:
+        """Validate name, type and size before reading a file; returns the clean filename."""
+        clean = check_filename(filename)
+        file_type(clean)
+        if size is not None and size > self.ingest_settings.max_file_bytes:
+            raise FileTooLargeError(
+                f"{clean}: {size} bytes is over the limit of "
+                f"{self.ingest_settings.max_file_bytes} bytes (ingest.max_file_bytes)"
+            )
+        return clean
+
+    def upload(self, kb: str, filename: str, data: bytes) -> UploadResult:
+        """Store one file and queue its job; the same bytes again are a duplicate."""
+        self.open_kb(kb)
+        clean = self.check_upload(filename, len(data))
+        doc_id = hashlib.sha256(data).hexdigest()
+        existing = self.catalog.get_document(kb, doc_id)
+        if existing is not None and existing.status != "failed":
+            return UploadResult(clean, "duplicate", doc_id=doc_id)
+        folder = self.files_dir / kb
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{doc_id}{PurePosixPath(clean.lower()).suffix}"
+        tmp = path.with_suffix(path.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        self.catalog.add_document(
+            Document(
+                kb=kb,
+                doc_id=doc_id,
+                filename=clean,
+                size=len(data),
+                sha256=doc_id,
+                status="queued",
+                chunks=0,
+                uploaded_at=time.time(),
+                path=str(path),
+            )
+        )
+        job = self.catalog.enqueue(kb, doc_id, clean)
+        self.job_added.set()
+        logger.info("event=upload kb=%s file=%s doc=%s job=%s", kb, clean, doc_id[:12], job.id)
+        return UploadResult(clean, "queued", doc_id=doc_id, job=job)
+
+    # the pipeline ----------------------------------------------------------------------
+    def claim(self, job_id: str | None = None) -> Job | None:
+        return self.catalog.claim(job_id)
+
+    def run_job(self, job: Job, on_progress: ProgressFn | None = None) -> Job:
+        """load -> split -> embed -> Chroma + keyword index. Failures fail this job only."""
+        started = time.perf_counter()
+        try:
+            chunks = self._ingest(job, on_progress)
+        except InterruptedJob:
+            self.catalog.requeue(job.id)
+            logger.info("event=job_interrupted job=%s note=requeued", job.id)
+        except IngestError as exc:
+            self._fail(job, str(exc))
+        except Exception as exc:
+            logger.exception("event=job_error job=%s", job.id)
+            self._fail(job, f"{job.filename}: internal error {type(exc).__name__}: {exc}")
+        else:
+            self.catalog.finish(job.id, chunks)
+            logger.info(
+                "event=job_done job=%s kb=%s file=%s chunks=%d seconds=%.2f",
+                job.id,
+                job.kb,
+                job.filename,
+                chunks,
+                time.perf_counter() - started,
+            )
+        final = self.catalog.get_job(job.id)
+        assert final is not None
+        return final
+
+    def _fail(self, job: Job, error: str) -> None:
+        logger.warning("event=job_failed job=%s kb=%s error=%r", job.id, job.kb, error)
+        self.catalog.fail(job.id, error)
+        self.catalog.set_document_status(job.kb, job.doc_id, "failed", error=error)
+
+    def _ingest(self, job: Job, on_progress: ProgressFn | None) -> int:
+        self.open_kb(job.kb)
+        doc = self.catalog.get_document(job.kb, job.doc_id)
+        if doc is None or not doc.path or not Path(doc.path).is_file():
+            raise DocumentError(f"{job.filename}: the stored file is gone; upload it again")
+        self.catalog.set_document_status(job.kb, job.doc_id, "ingesting")
+        data = Path(doc.path).read_bytes()
+        segments = load(
+            data,
+            doc.filename,
+            max_unzipped_bytes=self.ingest_settings.max_unzipped_bytes,
+            max_zip_ratio=self.ingest_settings.max_zip_ratio,
+        )
+        _, chunks = self.splitter.split(segments)
+        if not chunks:
+            raise DocumentError(f"{doc.filename}: no text to index")
+        total = len(chunks)
+        self.catalog.progress(job.id, 0, total)
+        ids = [f"{doc.doc_id}:{c.index}" for c in chunks]
+        metas: list[dict[str, Any]] = [
+            {
+                "kb": job.kb,
+                "doc_id": doc.doc_id,
+                "filename": doc.filename,
+                "page": c.page,
+                "heading_path": c.heading_path,
+                "chunk_index": c.index,
+                "chunk_id": cid,
+                "start": c.start,
+                "end": c.end,
+            }
+            for c, cid in zip(chunks, ids, strict=True)
+        ]
+        # stale vectors of an earlier run with other split settings
+        stale = set(self.store.ids_of_doc(job.kb, doc.doc_id)) - set(ids)
+        self.store.delete_ids(job.kb, sorted(stale))
+        batch = self.embeddings.batch_size * self.ingest_settings.progress_every
+        for i in range(0, total, batch):
+            if self.stopping.is_set():
+                raise InterruptedJob(job.id)
+            part = chunks[i : i + batch]
+            vectors = self.embeddings.embed_documents([c.text for c in part])
+            self.store.upsert(
+                job.kb, ids[i : i + batch], [c.text for c in part], vectors, metas[i : i + batch]
+            )
+            done = min(i + batch, total)
+            self.catalog.progress(job.id, done, total)
+            if on_progress is not None:
+                on_progress(done, total)
+        rows = [
+            (cid, c.index, c.text, meta, " ".join(self.keyword.tokenizer.tokens(c.text)))
+            for c, cid, meta in zip(chunks, ids, metas, strict=True)
+        ]
+        replaces = [
+            d.doc_id
+            for d in self.catalog.documents_named(job.kb, doc.filename)
+            if d.doc_id != doc.doc_id
+        ]
+        self.catalog.commit_document(job.kb, doc.doc_id, rows, replaces)
+        for old in replaces:
+            self.store.delete_doc(job.kb, old)
+            for stale_file in (self.files_dir / job.kb).glob(f"{old}.*"):
+                stale_file.unlink(missing_ok=True)
+            logger.info(
+                "event=document_replaced kb=%s old=%s new=%s", job.kb, old[:12], doc.doc_id[:12]
+            )
+        return total
+
+    def run_pending(self, job_id: str | None = None) -> Job | None:
+        """Claim and run one queued job (the given one, or the oldest); None if none."""
+        job = self.claim(job_id)
+        return self.run_job(job) if job is not None else None
+
+    # documents -------------------------------------------------------------------------
+    def list_documents(self, kb: str) -> list[Document]:
+        self.get_kb(kb)
+        return self.catalog.list_documents(kb)
+
+    def get_document(self, kb: str, doc_id: str) -> Document:
+        self.get_kb(kb)
+        doc = self.catalog.get_document(kb, doc_id)
+        if doc is None:
+            raise NotFoundError(f"document {doc_id!r} not found in knowledge base {kb!r}")
+        return doc
+
+    def delete_document(self, kb: str, doc_id: str) -> None:
+        doc = self.get_document(kb, doc_id)
+        self.catalog.delete_document(kb, doc_id)
+        self.store.delete_doc(kb, doc_id)
+        if doc.path:
+            Path(doc.path).unlink(missing_ok=True)
+
+    def list_chunks(self, kb: str, doc_id: str) -> list[SearchHit]:
+        self.get_document(kb, doc_id)
+        return [SearchHit(t, 1.0, m) for _, t, m in self.catalog.chunks_of(kb, doc_id)]
+
+    # jobs ------------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> Job:
+        job = self.catalog.get_job(job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id!r} not found")
+        return job
+
+    def list_jobs(self, kb: str | None = None, limit: int = 100) -> list[Job]:
+        return self.catalog.list_jobs(kb, limit)
+
+    # search ----------------------------------------------------------------------------
+    def search(
+        self,
+        kb: str,
+        query: str,
+        top_k: int | None = None,
+        score_threshold: float | None = None,
+        mode: SearchMode | None = None,
+    ) -> list[SearchHit]:
+        """Chunks of ``kb`` for ``query`` best first, scores on the 0-1 scale of this module."""
+        self.open_kb(kb)
+        k = top_k or self.retrieval.top_k
+        threshold = self.retrieval.score_threshold if score_threshold is None else score_threshold
+        mode = mode or self.retrieval.mode
+        candidates = max(self.retrieval.candidates, k)
+        scored: list[tuple[str, float]]
+        if mode == "dense":
+            scored = self._dense(kb, query, candidates)
+        elif mode == "keyword":
+            half = self.retrieval.keyword_score_half
+            scored = [
+                (cid, s / (s + half)) for cid, s in self.keyword.search(kb, query, candidates)
+            ]
+        elif mode == "hybrid":
+            dense = self._dense(kb, query, candidates)
+            keyword = self.keyword.search(kb, query, candidates)
+            scored = rrf([dense, keyword], self.retrieval.rrf_k)
+        else:
+            raise InvalidNameError(f"unknown search mode {mode!r}: dense, keyword or hybrid")
+        scored = [(cid, s) for cid, s in scored if s >= threshold][:k]
+        rows = self.catalog.chunks_by_id(kb, [cid for cid, _ in scored])
+        return [
+            SearchHit(rows[cid][0], round(score, 6), rows[cid][1])
+            for cid, score in scored
+            if cid in rows
+        ]
+
+    def _dense(self, kb: str, query: str, k: int) -> list[tuple[str, float]]:
+        vector = self.embeddings.embed_query(query)
+        hits = self.store.query(kb, vector, k)
+        # only chunks committed to the catalog: a document being (re-)ingested stays invisible
+        known = self.catalog.chunks_by_id(kb, [h[0] for h in hits])
+        return [(cid, max(0.0, min(1.0, sim))) for cid, _, _, sim in hits if cid in known]
+
+    def embed(self, texts: list[str], input_type: str = "query") -> list[list[float]]:
+        if input_type == "passage":
+            return self.embeddings.embed_documents(texts)
+        return [self.embeddings.embed_query(t) for t in texts]
+
+    @property
+    def accepted_types(self) -> tuple[str, ...]:
+        return ACCEPTED_TYPES
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.catalog.close()
+
+
+def rrf(lists: list[list[tuple[str, float]]], k: int) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion, normalised to 0-1 by its maximum ``len(lists)/(k + 1)``."""
+    fused: dict[str, float] = {}
+    for ranked in lists:
+        for rank, (cid, _) in enumerate(ranked, start=1):
+            fused[cid] = fused.get(cid, 0.0) + 1.0 / (k + rank)
+    best = len(lists) / (k + 1)
+    return sorted(((cid, s / best) for cid, s in fused.items()), key=lambda x: -x[1])
+
+
+__all__ = ["KnowledgeBaseService", "UnsupportedTypeError", "check_kb_name", "rrf"]

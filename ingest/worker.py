@@ -1,0 +1,67 @@
+"""Ingest workers: threads that take jobs from the persistent queue and run them.
+
+Started beside the API (``ingest.workers`` threads) or as their own process (``kbqa worker``).
+On start, jobs left ``running`` by a dead process go back to the queue; a job run twice leaves
+the same result (chunk ids are doc id + index; vectors are upserted).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ingest.service import KnowledgeBaseService
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self, service: KnowledgeBaseService, threads: int = 1, poll_interval_s: float = 1.0
+    ) -> None:
+        self.service = service
+        self.threads = threads
+        self.poll_interval_s = poll_interval_s
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def start(self) -> Worker:
+        requeued = self.service.catalog.requeue_orphans()
+        if requeued:
+            logger.info("event=jobs_requeued count=%d reason=worker_gone", requeued)
+        for n in range(self.threads):
+            thread = threading.Thread(target=self._loop, name=f"kbqa-ingest-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info("event=worker_started threads=%d", self.threads)
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.service.run_pending()
+            except Exception:
+                logger.exception("event=worker_error")
+                job = None
+            if job is None:
+                self.service.job_added.wait(self.poll_interval_s)
+                self.service.job_added.clear()
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop: a running job is interrupted between batches and goes back to the queue."""
+        self._stop.set()
+        self.service.stopping.set()
+        self.service.job_added.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self._threads.clear()
+        self.service.stopping.clear()
+        logger.info("event=worker_stopped")
