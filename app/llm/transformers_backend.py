@@ -121,6 +121,7 @@ class TransformersBackend(LLMBackend):
         # generation runs at a time on the shared base model.
         self._adapter_lock = threading.Lock() if self.adapters else None
         eos = model.generation_config.eos_token_id
+        self.active = 0  # generations running now (health, tests)
         self._eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         if tokenizer.eos_token_id is not None:
             self._eos_ids.add(tokenizer.eos_token_id)
@@ -274,6 +275,20 @@ class TransformersBackend(LLMBackend):
 
     # ---------------------------------------------------------------- generation
     def _generate(
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        model: str | None,
+        emit: Callable[[str], None],
+        cancel: threading.Event,
+    ) -> StreamChunk:
+        self.active += 1
+        try:
+            return self._generate_inner(messages, params, model, emit, cancel)
+        finally:
+            self.active -= 1
+
+    def _generate_inner(
         self,
         messages: list[ChatMessage],
         params: GenerationParams,

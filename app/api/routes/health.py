@@ -20,4 +20,9 @@ async def health(services: ServicesDep, settings: SettingsDep) -> Health:
         model=llm.name if llm else None,
         backend=settings.llm.backend,
         device=llm.device if llm else None,
+        extra={
+            "generating": getattr(llm, "active", None),
+            "slots_busy": services.chat.gate.busy if services.chat else 0,
+            "waiting": services.chat.gate.waiting if services.chat else 0,
+        },
     )

@@ -1,0 +1,290 @@
+"""The OpenAI-compatible API on a real uvicorn server with the packaged SmolLM2 model,
+driven by httpx, the official openai SDK and LangChain's ChatOpenAI."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.settings import load_settings
+
+KEY = "test-key-123"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def make_adapter(models_dir: Path, out: Path) -> Path:
+    """A LoRA adapter with random (non-zero) weights: it must change the model's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from app.llm.models import resolve_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model("smollm2-135m-instruct", models_dir).path
+    )
+    config = LoraConfig(
+        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any
+) -> Iterator[Any]:
+    tmp = tmp_path_factory.mktemp("llm-api")
+    adapter = make_adapter(models_dir, tmp / "adapter")
+    settings = load_settings(
+        **{
+            "data_dir": tmp / "data",
+            "models_dir": models_dir,
+            "api_keys": [KEY],
+            "llm.context_length": 1024,
+            "llm.max_queue": 0,
+            "llm.adapters": {"test-lora": str(adapter)},
+        }
+    )
+    with live_server_factory(create_app(settings)) as live:
+        yield live
+
+
+@pytest.fixture()
+def client(server: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.url, timeout=300, headers={"Authorization": f"Bearer {KEY}"}
+    ) as c:
+        yield c
+
+
+def wait_idle(client: httpx.Client, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        extra = client.get("/health").json()["extra"]
+        if extra["generating"] == 0 and extra["slots_busy"] == 0:
+            return dict(extra)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"generation still running: {extra}")
+        time.sleep(0.1)
+
+
+def test_health_needs_no_key(server: Any) -> None:
+    body = httpx.get(f"{server.url}/health").json()
+    assert body["status"] == "ok" and body["model_loaded"] and body["device"] == "cpu"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic abc"])
+def test_bad_key_is_401_in_openai_shape(server: Any, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = httpx.get(f"{server.url}/v1/models", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_models_lists_base_and_adapter(client: httpx.Client) -> None:
+    data = client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in data] == ["smollm2-135m-instruct", "test-lora"]
+    assert data[1]["parent"] == "smollm2-135m-instruct"
+
+
+def test_chat_non_stream_and_greedy_is_stable(client: httpx.Client) -> None:
+    body = {"messages": QUESTION, "max_tokens": 24}
+    first = client.post("/v1/chat/completions", json=body).json()
+    second = client.post("/v1/chat/completions", json=body).json()
+    text = first["choices"][0]["message"]["content"]
+    assert "Paris" in text
+    assert second["choices"][0]["message"]["content"] == text
+    assert first["object"] == "chat.completion"
+    usage = first["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+def test_stream_matches_non_stream(client: httpx.Client) -> None:
+    body = {"messages": QUESTION, "max_tokens": 24}
+    whole = client.post("/v1/chat/completions", json=body).json()
+    pieces, reasons, done = [], [], False
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if not line:
+                continue
+            assert line.startswith("data: ")
+            if line == "data: [DONE]":
+                done = True
+                continue
+            chunk = json.loads(line[6:])
+            delta = chunk["choices"][0]["delta"]
+            pieces.append(delta.get("content") or "")
+            if chunk["choices"][0]["finish_reason"]:
+                reasons.append(chunk["choices"][0]["finish_reason"])
+                assert chunk["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"]
+    assert done and reasons == [whole["choices"][0]["finish_reason"]]
+    assert "".join(pieces) == whole["choices"][0]["message"]["content"]
+
+
+def test_max_tokens_gives_length_and_stop_strings_cut(client: httpx.Client) -> None:
+    short = client.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 3}).json()
+    assert short["choices"][0]["finish_reason"] == "length"
+    assert short["usage"]["completion_tokens"] == 3
+    cut = client.post(
+        "/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 24, "stop": ["Paris"]}
+    ).json()
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    assert "Paris" not in cut["choices"][0]["message"]["content"]
+    assert cut["choices"][0]["message"]["content"].strip().startswith("The capital")
+
+
+def test_adapter_answers_differently(client: httpx.Client) -> None:
+    body = {"messages": QUESTION, "max_tokens": 12}
+    base = client.post("/v1/chat/completions", json=body).json()
+    tuned = client.post("/v1/chat/completions", json={**body, "model": "test-lora"}).json()
+    assert tuned["model"] == "test-lora"
+    assert tuned["choices"][0]["message"]["content"] != base["choices"][0]["message"]["content"]
+    # the base model is still served unchanged after the adapter ran
+    again = client.post("/v1/chat/completions", json=body).json()
+    assert again["choices"][0]["message"]["content"] == base["choices"][0]["message"]["content"]
+
+
+def test_errors_in_openai_shape(client: httpx.Client) -> None:
+    unknown = client.post("/v1/chat/completions", json={"model": "nope", "messages": QUESTION})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
+
+    malformed = client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 422
+    assert malformed.json()["error"]["type"] == "invalid_request_error"
+
+    missing = client.post("/v1/chat/completions", json={"messages": []})
+    assert missing.status_code == 422 and "messages" in missing.json()["error"]["message"]
+
+    long_prompt = [{"role": "user", "content": "word " * 3000}]
+    too_long = client.post("/v1/chat/completions", json={"messages": long_prompt})
+    assert too_long.status_code == 413
+    assert too_long.json()["error"]["code"] == "context_length_exceeded"
+    too_long_stream = client.post(
+        "/v1/chat/completions", json={"messages": long_prompt, "stream": True}
+    )
+    assert too_long_stream.status_code == 413
+
+
+def test_queue_full_is_503_with_retry_after(client: httpx.Client, server: Any) -> None:
+    body = {
+        "messages": QUESTION,
+        "max_tokens": 400,
+        "stream": True,
+        "stop": ["never-appears-xyz"],
+        "temperature": 1.0,
+        "seed": 1,
+    }
+    with client.stream("POST", "/v1/chat/completions", json=body) as running:
+        lines = running.iter_lines()
+        next(lines)  # the slot is held: the generation has started
+        busy = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={"messages": QUESTION, "max_tokens": 4},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=60,
+        )
+        assert busy.status_code == 503
+        assert busy.json()["error"]["type"] == "overloaded_error"
+        assert int(busy.headers["Retry-After"]) >= 1
+    wait_idle(client)
+
+
+def test_disconnect_stops_generation(client: httpx.Client, server: Any) -> None:
+    body = {
+        "messages": QUESTION,
+        "max_tokens": 1000,
+        "stream": True,
+        "temperature": 1.0,
+        "seed": 3,
+        "stop": ["never-appears-xyz"],
+    }
+    received = 0
+    with (
+        httpx.Client(
+            base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
+        ) as own,
+        own.stream("POST", "/v1/chat/completions", json=body) as r,
+    ):
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                received += 1
+            if received >= 4:
+                break  # leaving the block closes the connection mid-stream
+    # 1000 tokens take over a minute here; a cancelled generation ends within seconds
+    wait_idle(client, timeout_s=60)
+    after = client.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 4})
+    assert after.status_code == 200
+
+
+def test_event_loop_not_blocked_during_generation(client: httpx.Client, server: Any) -> None:
+    result: dict[str, Any] = {}
+
+    def generate() -> None:
+        result["r"] = client.post(
+            "/v1/chat/completions",
+            json={"messages": QUESTION, "max_tokens": 60, "stop": ["never-appears-xyz"]},
+        )
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    seen_busy = False
+    while worker.is_alive():
+        health = httpx.get(f"{server.url}/health", timeout=10).json()
+        seen_busy |= health["extra"]["generating"] == 1
+        time.sleep(0.05)
+    worker.join()
+    assert result["r"].status_code == 200
+    assert seen_busy, "/health never answered while a generation ran"
+
+
+def test_openai_sdk_stream_and_non_stream(server: Any) -> None:
+    from openai import OpenAI
+
+    sdk = OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    whole = sdk.chat.completions.create(
+        model="smollm2-135m-instruct", messages=QUESTION, max_tokens=24
+    )
+    text = whole.choices[0].message.content
+    assert text and "Paris" in text
+    stream = sdk.chat.completions.create(
+        model="smollm2-135m-instruct", messages=QUESTION, max_tokens=24, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == text
+    assert [m.id for m in sdk.models.list()] == ["smollm2-135m-instruct", "test-lora"]
+    from openai import AuthenticationError, NotFoundError
+
+    with pytest.raises(NotFoundError):
+        sdk.chat.completions.create(model="missing", messages=QUESTION)
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=f"{server.url}/v1", api_key="bad").models.list()
+
+
+def test_langchain_chat_openai(server: Any) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=f"{server.url}/v1",
+        api_key=KEY,
+        model="smollm2-135m-instruct",
+        temperature=0,
+        max_tokens=24,
+    )
+    answer = llm.invoke("What is the capital of France?")
+    assert "Paris" in str(answer.content)
+    streamed = "".join(str(chunk.content) for chunk in llm.stream("What is the capital of France?"))
+    assert streamed == answer.content

@@ -1,0 +1,105 @@
+"""One contract suite for the LLM interface, run against every backend: the in-process
+transformers backend, and the openai backend talking to a real kbqa server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.llm.base import ChatMessage, GenerationParams, LLMBackend, ModelNotFoundError
+from app.llm.openai_backend import OpenAIBackend, estimate_tokens
+from app.llm.transformers_backend import TransformersBackend
+from app.main import create_app
+from app.settings import load_settings
+
+QUESTION = [ChatMessage("user", "What is the capital of France?")]
+
+
+@pytest.fixture(scope="module")
+def live(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any
+) -> Iterator[Any]:
+    settings = load_settings(
+        **{"data_dir": tmp_path_factory.mktemp("contract"), "models_dir": models_dir}
+    )
+    app = create_app(settings)
+    with live_server_factory(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture(params=["transformers", "openai"])
+def backend(request: pytest.FixtureRequest, live: Any) -> LLMBackend:
+    if request.param == "transformers":
+        llm = live.app.state.services.llm
+        assert isinstance(llm, TransformersBackend)
+        return llm
+    settings = load_settings(
+        **{
+            "llm.backend": "openai",
+            "llm.openai.base_url": f"{live.url}/v1",
+            "llm.model": "smollm2-135m-instruct",
+        }
+    )
+    remote = OpenAIBackend.from_settings(settings.llm)
+    run(remote.start())
+    return remote
+
+
+_LOOP = asyncio.new_event_loop()  # one loop: the openai client's connections are bound to it
+
+
+def run(coro: Any) -> Any:
+    return _LOOP.run_until_complete(coro)
+
+
+async def collect(backend: LLMBackend, params: GenerationParams) -> tuple[str, Any]:
+    parts, last = [], None
+    async for chunk in backend.stream(QUESTION, params):
+        parts.append(chunk.text)
+        last = chunk
+    return "".join(parts), last
+
+
+def test_models_lists_base_first(backend: LLMBackend) -> None:
+    assert backend.models()[0].id == "smollm2-135m-instruct"
+    assert backend.context_length() > 0
+    assert backend.count_tokens("hello world") > 0
+
+
+def test_complete_and_stream_agree(backend: LLMBackend) -> None:
+    params = GenerationParams(max_tokens=20)
+    whole = run(backend.complete(QUESTION, params))
+    assert "Paris" in whole.text and whole.finish_reason == "stop"
+    assert whole.prompt_tokens > 0 and whole.completion_tokens > 0
+    text, last = run(collect(backend, params))
+    assert text == whole.text
+    assert last.finish_reason == "stop" and last.completion_tokens == whole.completion_tokens
+
+
+def test_length_and_stop(backend: LLMBackend) -> None:
+    short = run(backend.complete(QUESTION, GenerationParams(max_tokens=2)))
+    assert short.finish_reason == "length" and short.completion_tokens == 2
+    cut = run(backend.complete(QUESTION, GenerationParams(max_tokens=20, stop=["France"])))
+    assert "France" not in cut.text and cut.finish_reason == "stop"
+
+
+def test_unknown_model(backend: LLMBackend) -> None:
+    with pytest.raises(ModelNotFoundError):
+        run(backend.complete(QUESTION, GenerationParams(max_tokens=2), model="no-such-model"))
+
+
+def test_seeded_sampling_repeats(backend: LLMBackend) -> None:
+    params = GenerationParams(max_tokens=12, temperature=1.0, seed=42)
+    first = run(backend.complete(QUESTION, params))
+    second = run(backend.complete(QUESTION, params))
+    assert first.text == second.text
+
+
+def test_estimate_tokens_counts_cjk_per_character() -> None:
+    assert estimate_tokens("等级保护") == 4
+    assert estimate_tokens("hello world") == 3
