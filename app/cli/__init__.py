@@ -86,3 +86,8 @@ def serve(
 
 def main() -> None:
     cli()
+
+
+from app.cli.models import models_app  # noqa: E402
+
+cli.add_typer(models_app, name="models")

@@ -53,6 +53,21 @@ class LLMSettings(Section):
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="bitsandbytes quantization on CUDA (extra `cuda`)."
     )
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit quantization data type (bitsandbytes)."
+    )
+    bnb_4bit_double_quant: bool = Field(
+        True, description="4-bit: also quantize the quantization constants (saves ~0.4 bit/param)."
+    )
+    memory_overhead: float = Field(
+        1.2,
+        ge=1.0,
+        description="Memory check before loading: weights size x this factor (activations, KV "
+        "cache, allocator slack) must fit in the free memory of the device(s).",
+    )
+    memory_check: bool = Field(
+        True, description="Refuse to load a model that will not fit, with a clear error."
+    )
     device_map: str | None = Field(
         None,
         description="transformers `device_map` (e.g. `auto` to spread a model over several GPUs).",

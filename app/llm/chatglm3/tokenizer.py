@@ -1,0 +1,231 @@
+"""A fast (``tokenizers``) tokenizer equivalent to ChatGLM3's SentencePiece tokenizer.
+
+ChatGLM3's own tokenizer is a SentencePiece BPE model (``tokenizer.model``) plus nine special
+tokens appended after the SentencePiece vocabulary, in this order (ids ``n``, ``n+1``, ...
+where ``n`` is the SentencePiece vocab size, 64789 for ChatGLM3-6B)::
+
+    [MASK] [gMASK] [sMASK] sop eop <|system|> <|user|> <|assistant|> <|observation|>
+
+Its chat format builds each turn from separate SentencePiece calls::
+
+    [gMASK] sop  then per message:  <|role|> + sp.encode(metadata + "\\n") + sp.encode(text)
+    and finally <|assistant|> to ask for the answer.
+
+Each ``sp.encode`` call adds its own dummy-prefix "▁". How the converted tokenizer gets the
+same ids from one rendered string (the way transformers, kbqa and vLLM tokenize a chat):
+
+1. The special tokens are added tokens: the text between two of them is normalized and
+   tokenized on its own, and the normalizer prepends "▁" to every such segment (like
+   SentencePiece's dummy prefix per call), so ``<|user|>`` starts a fresh "sp.encode".
+2. Inside a turn, ``metadata + "\\n"`` and the message are two calls in ChatGLM3. The template
+   renders ``metadata + "\\n" + " " + message``: the explicit space becomes the message's "▁",
+   exactly what the second call would have prepended. This is exact because "\\n" is not a
+   piece of ChatGLM3's vocabulary (it is the byte piece ``<0x0A>``), so no BPE merge crosses
+   it: ``sp("▁meta\\n▁msg") == sp("▁meta\\n") + sp("▁msg")``. An empty message gets no space
+   (``sp.encode("")`` is empty). :func:`verify_newline_barrier` checks the premise on the
+   actual vocabulary at conversion time.
+
+``sop``/``eop`` are renamed ``<sop>``/``<eop>`` (same ids, GLM-4's spelling) so that the
+plain word "sop" in a user's text is not turned into a control token. The other limits: a
+message that literally contains a role token string (``<|user|>``) is tokenized as that
+special token, and tool definitions (ChatGLM3's ``tools`` on the system message) are not
+rendered by the template.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# ChatGLM3's special tokens in id order after the SentencePiece vocabulary, under the names
+# the converted tokenizer uses (original name -> converted name differs only for sop/eop).
+ORIGINAL_SPECIALS = [
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+]
+RENAMED = {"sop": "<sop>", "eop": "<eop>"}
+SPECIALS = [RENAMED.get(t, t) for t in ORIGINAL_SPECIALS]
+ROLES = ("system", "user", "assistant", "observation")
+
+# Jinja template over `messages` (role, content, optional metadata). `tool` messages are
+# ChatGLM3 observations. See the module docstring for the space after "\n".
+CHAT_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{%- for message in messages -%}"
+    "{%- set role = 'observation' if message['role'] == 'tool' else message['role'] -%}"
+    "{%- if role not in ['system', 'user', 'assistant', 'observation'] -%}"
+    "{{ raise_exception('ChatGLM3 has no role ' + role) }}"
+    "{%- endif -%}"
+    "{{ '<|' + role + '|>' }}"
+    "{{ message.get('metadata') or '' }}{{ '\n' }}"
+    "{%- if message['content'] -%}{{ ' ' + message['content'] }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+
+class TokenizerConversionError(ValueError):
+    """tokenizer.model cannot be converted faithfully."""
+
+
+def special_token_ids(sp_vocab_size: int) -> dict[str, int]:
+    """Converted special token name -> id (ChatGLM3's ids: right after the SentencePiece vocab)."""
+    return {name: sp_vocab_size + i for i, name in enumerate(SPECIALS)}
+
+
+def _load_proto(model_file: Path) -> Any:
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as exc:  # a core dependency; a clear message anyway
+        raise ImportError(
+            "reading tokenizer.model needs sentencepiece: pip install sentencepiece"
+        ) from exc
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
+    proto.ParseFromString(Path(model_file).read_bytes())
+    return proto
+
+
+def _merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges from a SentencePiece BPE vocabulary: a pair merges with the priority of the
+    piece it forms (SentencePiece merges the pair whose result scores highest)."""
+    ranked: list[tuple[float, int, int, str, str]] = []
+    for piece, score in scores.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                ranked.append((-score, vocab[piece], vocab[left], left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def build_fast_tokenizer(model_file: Path) -> Any:
+    """A ``PreTrainedTokenizerFast`` equivalent to ChatGLM3's tokenizer for ``model_file``."""
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    proto = _load_proto(model_file)
+    if proto.trainer_spec.model_type != 2:  # 1 unigram, 2 bpe
+        raise TokenizerConversionError(
+            f"{model_file} is not a SentencePiece BPE model (ChatGLM3's is); refusing to guess"
+        )
+    vocab: dict[str, int] = {}
+    scores: dict[str, float] = {}
+    for index, piece in enumerate(proto.pieces):
+        vocab[piece.piece] = index
+        if piece.type == 1:  # NORMAL pieces take part in merges
+            scores[piece.piece] = piece.score
+    unk = proto.pieces[proto.trainer_spec.unk_id].piece
+    byte_fallback = bool(proto.trainer_spec.byte_fallback)
+    model = BPE(
+        vocab=vocab,
+        merges=_merges(vocab, scores),
+        unk_token=unk,
+        fuse_unk=True,
+        byte_fallback=byte_fallback,
+        dropout=None,
+    )
+    tok = Tokenizer(model)
+
+    spec = proto.normalizer_spec
+    steps: list[Any] = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:
+        steps += [normalizers.Strip(left=True, right=True)]
+        steps += [normalizers.Replace(_regex(" {2,}"), " ")]
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend("▁"))
+    steps.append(normalizers.Replace(" ", "▁"))
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = None  # SentencePiece BPE runs merges over the whole segment
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+
+    control = [p.piece for p in proto.pieces if p.type in (2, 3)]  # UNKNOWN, CONTROL
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    n = len(proto.pieces)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    ids = special_token_ids(n)
+    for name, expected in ids.items():
+        if tok.token_to_id(name) != expected:
+            raise TokenizerConversionError(f"special token {name} got id {tok.token_to_id(name)}")
+    eos = proto.pieces[proto.trainer_spec.eos_id].piece if proto.trainer_spec.eos_id >= 0 else None
+    gmask, sop = ids["[gMASK]"], ids["<sop>"]
+    pair_suffix = [f"{eos}:1"] if eos else []
+    tok.post_processor = processors.TemplateProcessing(
+        single=["[gMASK]", "<sop>", "$A"],
+        pair=["[gMASK]", "<sop>", "$A", "$B:1", *pair_suffix],
+        special_tokens=[("[gMASK]", gmask), ("<sop>", sop)]
+        + ([(eos, proto.trainer_spec.eos_id)] if eos else []),
+    )
+    verify_newline_barrier(vocab)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=unk,
+        eos_token=eos,
+        pad_token=unk,  # ChatGLM3 pads with <unk> (id 0), on the left
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=_large(),
+    )
+
+
+def _large() -> int:
+    return int(1e30)
+
+
+def _regex(pattern: str) -> Any:
+    from tokenizers import Regex
+
+    return Regex(pattern)
+
+
+def verify_newline_barrier(vocab: dict[str, int]) -> None:
+    """The chat template's exactness rests on "\\n" appearing in no vocabulary piece."""
+    offending = [piece for piece in vocab if "\n" in piece]
+    if offending:
+        raise TokenizerConversionError(
+            "tokenizer.model has pieces containing a newline "
+            f"({offending[:3]}); the ChatGLM3 chat template would not be token-exact"
+        )
+
+
+def clean_response(text: str) -> str:
+    """ChatGLM3's answer starts with its metadata line (empty for plain chat): drop it.
+
+    Mirrors ChatGLM3's ``process_response`` for the no-tool case.
+    """
+    head, sep, rest = text.partition("\n")
+    if sep and not head.strip():
+        return rest.strip()
+    return text.strip()
+
+
+def save_tokenizer(model_file: Path, out_dir: Path) -> dict[str, int]:
+    """Build and save the fast tokenizer into ``out_dir``; return the special token ids."""
+    tokenizer = build_fast_tokenizer(model_file)
+    tokenizer.save_pretrained(str(out_dir))
+    ids = {name: int(tokenizer.convert_tokens_to_ids(name)) for name in SPECIALS}
+    config_path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["chatglm3_special_tokens"] = {
+        orig: ids[RENAMED.get(orig, orig)] for orig in ORIGINAL_SPECIALS
+    }
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    return ids
