@@ -6,16 +6,20 @@ Each area adds its own field here; tests build a ``Services`` with what they nee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.llm.base import LLMBackend
 from app.services.chat import ChatService
+
+if TYPE_CHECKING:
+    from ingest.service import KnowledgeBaseService
 
 
 @dataclass
 class Services:
     llm: LLMBackend | None = None
     chat: ChatService | None = None
+    kb: KnowledgeBaseService | None = None
     # closables are shut down in reverse order when the app stops
     closables: list[Any] = field(default_factory=list)
 

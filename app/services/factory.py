@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from app.llm.base import LLMBackend
 from app.services.chat import ChatService
 from app.services.container import Services
 from app.services.gate import GenerationGate
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from ingest.service import KnowledgeBaseService
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +41,25 @@ def build_chat(settings: Settings, llm: LLMBackend | None) -> ChatService:
     return ChatService(llm, gate)
 
 
+def build_kb(settings: Settings, closables: list) -> KnowledgeBaseService:
+    """The knowledge-base service, and its worker threads when ``ingest.workers`` > 0."""
+    from ingest.service import KnowledgeBaseService
+    from ingest.worker import Worker
+
+    kb = KnowledgeBaseService.from_settings(settings)
+    closables.append(kb)
+    if settings.ingest.workers > 0:
+        closables.append(
+            Worker(kb, settings.ingest.workers, settings.ingest.poll_interval_s).start()
+        )
+    return kb
+
+
 async def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     llm = await build_llm(settings)
     services = Services(llm=llm, chat=build_chat(settings, llm))
     if llm is not None:
         services.closables.append(llm)
+    services.kb = await asyncio.to_thread(build_kb, settings, services.closables)
     return services

@@ -19,6 +19,12 @@ from pydantic_settings import (
 )
 
 from app.settings.base import SettingsError, split_csv
+from app.settings.ingest import (
+    EmbeddingsSettings,
+    IngestSettings,
+    RetrievalSettings,
+    VectorStoreSettings,
+)
 from app.settings.llm import LLMSettings
 from app.settings.server import ServerSettings
 
@@ -61,6 +67,22 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(
         default_factory=LLMSettings,  # type: ignore[arg-type]
         description="The LLM backend.",
+    )
+    embeddings: EmbeddingsSettings = Field(
+        default_factory=EmbeddingsSettings,  # type: ignore[arg-type]
+        description="The embedding model of the knowledge bases.",
+    )
+    vectorstore: VectorStoreSettings = Field(
+        default_factory=VectorStoreSettings,  # type: ignore[arg-type]
+        description="Chroma: embedded (persistent) or a server.",
+    )
+    ingest: IngestSettings = Field(
+        default_factory=IngestSettings,  # type: ignore[arg-type]
+        description="Document ingestion: splitting, limits, workers.",
+    )
+    retrieval: RetrievalSettings = Field(
+        default_factory=RetrievalSettings,  # type: ignore[arg-type]
+        description="Knowledge-base search defaults.",
     )
 
     @property

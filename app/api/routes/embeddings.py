@@ -1,0 +1,32 @@
+"""POST /v1/embeddings in OpenAI's shape, with the knowledge bases' embedding model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import ServicesDep
+from app.api.errors import APIError
+from app.api.routes.knowledge_bases import kb_service
+from app.api.schemas.ingest import (
+    EmbeddingItem,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbeddingsUsage,
+)
+
+router = APIRouter(tags=["embeddings"])
+
+
+@router.post("/embeddings", response_model=EmbeddingsResponse)
+def embeddings(body: EmbeddingsRequest, services: ServicesDep) -> EmbeddingsResponse:
+    service = kb_service(services)
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    if not texts or any(not t for t in texts):
+        raise APIError(400, "input must be a non-empty string or list of them", param="input")
+    vectors = service.embed(texts, body.input_type)
+    tokens = sum(len(t) for t in texts)  # characters: the packaged engines expose no tokenizer
+    return EmbeddingsResponse(
+        data=[EmbeddingItem(index=i, embedding=v) for i, v in enumerate(vectors)],
+        model=service.embeddings.name,
+        usage=EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )
