@@ -1,0 +1,144 @@
+"""Settings, CLI, model references, and the docker files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.llm.models import ModelReferenceError, resolve_model
+from app.settings import Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_env_nested_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBQA_LLM__MODEL", "/models/x")
+    monkeypatch.setenv("KBQA_API_KEYS", "k1, k2")
+    monkeypatch.setenv("KBQA_LLM__ADAPTERS", "a=/ad/a,b=/ad/b")
+    monkeypatch.setenv("KBQA_LLM__OPENAI__TIMEOUT_S", "7")
+    settings = load_settings()
+    assert settings.llm.model == "/models/x"
+    assert [k.get_secret_value() for k in settings.api_keys] == ["k1", "k2"]
+    assert settings.llm.adapters == {"a": "/ad/a", "b": "/ad/b"}
+    assert settings.llm.openai.timeout_s == 7
+
+
+def test_priority_overrides_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "kbqa.toml"
+    toml.write_text(
+        'data_dir = "/srv/kbqa"\n[server]\nport = 9000\nhost = "127.0.0.1"\n'
+        '[llm]\nmodel = "from-file"\nmax_new_tokens = 99\n'
+    )
+    assert load_settings(toml).llm.max_new_tokens == 99
+    monkeypatch.setenv("KBQA_LLM__MODEL", "from-env")
+    settings = load_settings(toml, **{"server.port": 9100, "llm.backend": None})
+    assert settings.llm.model == "from-env"  # env beats file
+    assert settings.server.port == 9100  # flag beats file
+    assert settings.data_dir == Path("/srv/kbqa")  # file beats default
+    assert settings.llm.backend == "transformers"  # a flag not given masks nothing
+    yml = tmp_path / "kbqa.yaml"
+    yml.write_text("llm:\n  max_new_tokens: 12\n")
+    monkeypatch.setenv("KBQA_CONFIG", str(yml))
+    assert load_settings().llm.max_new_tokens == 12
+
+
+def test_bad_settings_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="not found"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[llm\n")
+    with pytest.raises(SettingsError, match="does not parse"):
+        load_settings(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[llm]\nmodle = 'x'\n")
+    with pytest.raises(SettingsError, match="modle"):
+        load_settings(unknown)
+    with pytest.raises(SettingsError, match="API keys"):
+        load_settings(**{"environment": "production", "server.host": "0.0.0.0"})
+    ok = load_settings(**{"environment": "production", "server.host": "0.0.0.0", "api_keys": ["k"]})
+    assert ok.environment == "production"
+
+
+def test_every_field_is_documented() -> None:
+    def walk(model: type, prefix: str) -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+            if not field.description:
+                missing.append(prefix + name)
+            annotation = field.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                missing += walk(annotation, f"{prefix}{name}.")
+        return missing
+
+    assert walk(Settings, "") == []
+
+
+def test_cli_config_show_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBQA_API_KEYS", "super-secret")
+    result = CliRunner().invoke(cli, ["config", "show"])
+    assert result.exit_code == 0, result.output
+    assert "super-secret" not in result.output
+    data = json.loads(result.output)
+    assert data["llm"]["model"] == "smollm2-135m-instruct"
+    assert data["api_keys"] == ["**********"]
+
+
+def test_cli_bad_config_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["config", "show", "--config", str(tmp_path / "no.toml")])
+    assert result.exit_code == 2
+    assert "config file not found" in result.output
+
+
+def test_model_reference_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelReferenceError, match=r"hf download some-org/some-model"):
+        resolve_model("some-org/some-model", tmp_path)
+    with pytest.raises(ModelReferenceError, match="does not exist"):
+        resolve_model("./no/such/dir", tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelReferenceError, match="no config.json"):
+        resolve_model(str(empty), tmp_path)
+
+
+def test_packaged_model_converts_once(models_dir: Path) -> None:
+    first = resolve_model("smollm2-135m-instruct", models_dir)
+    marker = first.path / ".kbqa-complete"
+    stamp = marker.stat().st_mtime_ns
+    again = resolve_model("smollm2-135m-instruct", models_dir)
+    assert again.path == first.path and marker.stat().st_mtime_ns == stamp
+    assert (first.path / "config.json").is_file()
+    assert list(first.path.glob("*.safetensors"))
+
+
+def test_compose_parses_and_points_at_real_files() -> None:
+    compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
+    services = compose["services"]
+    assert {"kbqa", "chroma", "vllm"} <= set(services)
+    build = services["kbqa"]["build"]
+    context = (ROOT / "docker" / build["context"]).resolve()
+    assert context == ROOT
+    dockerfile = context / build["dockerfile"]
+    assert dockerfile.is_file()
+    for line in dockerfile.read_text().splitlines():
+        match = re.match(r"COPY\s+(.+)\s+\S+$", line)
+        if match:
+            for src in match.group(1).split():
+                assert (context / src).exists(), f"{dockerfile.name} copies missing {src}"
+    # every KBQA_ variable the compose file sets is a real setting
+    env = {k: str(v) for k, v in services["kbqa"]["environment"].items()}
+    env = {k: re.sub(r"\$\{[^:}]+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
+    env = {k: v for k, v in env.items() if v}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        settings = load_settings()
+    assert settings.vectorstore.chroma_host == "chroma"  # type: ignore[attr-defined]
+    assert "vllm" in settings.llm.openai.base_url
