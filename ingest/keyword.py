@@ -8,6 +8,7 @@ number in the database says when), also when another process (``kbqa worker``) m
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from typing import Any
@@ -29,6 +30,7 @@ class Tokenizer:
     def __init__(self) -> None:
         import jieba
 
+        jieba.setLogLevel(logging.WARNING)  # jieba logs its dictionary load at DEBUG
         self._jieba = jieba.Tokenizer()
         self._lock = threading.Lock()
         self._ready = False

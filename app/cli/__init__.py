@@ -91,3 +91,8 @@ def main() -> None:
 from app.cli.models import models_app  # noqa: E402
 
 cli.add_typer(models_app, name="models")
+
+
+from app.cli.ingest import register as _register_ingest  # noqa: E402
+
+_register_ingest(cli)
