@@ -1,0 +1,111 @@
+"""Fixtures of the ingest tests: the real packaged embedder (loaded once), a KB service over a
+temporary data dir, a real Chroma server, and generated documents."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from ingest.embeddings import NamedEmbeddings, build_embeddings
+from ingest.service import KnowledgeBaseService
+
+CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")  # apt: fonts-wqy-microhei
+
+
+@pytest.fixture(scope="session")
+def embeddings() -> NamedEmbeddings:
+    from app.settings.ingest import EmbeddingsSettings
+
+    return build_embeddings(EmbeddingsSettings())  # type: ignore[call-arg]
+
+
+def make_settings(data_dir: Path, **ingest: object) -> Settings:
+    values = {"chunk_size": 120, "chunk_overlap": 20, "workers": 0, **ingest}
+    return Settings(data_dir=data_dir, ingest=values, llm={"backend": "none"})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def service(tmp_path: Path, embeddings: NamedEmbeddings) -> Iterator[KnowledgeBaseService]:
+    svc = KnowledgeBaseService.from_settings(make_settings(tmp_path / "data"), embeddings)
+    yield svc
+    svc.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A real `chroma run` on 127.0.0.1, stopped after the session."""
+    import httpx
+
+    port = _free_port()
+    path = tmp_path_factory.mktemp("chroma-server")
+    chroma = Path(sys.executable).parent / "chroma"
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("chroma server did not start")
+            time.sleep(0.3)
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def make_pdf(lines_per_page: list[list[str]], cjk: bool = False) -> bytes:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    if cjk:
+        pdf.add_font("wqy", fname=str(CJK_FONT))
+        pdf.set_font("wqy", size=12)
+    else:
+        pdf.set_font("helvetica", size=12)
+    for lines in lines_per_page:
+        pdf.add_page()
+        for line in lines:
+            pdf.cell(0, 10, line, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
+def make_docx(blocks: list[tuple[str, str]], table: list[list[str]] | None = None) -> bytes:
+    """blocks: (style, text) with style 'h1', 'h2' or 'p'."""
+    import docx
+
+    document = docx.Document()
+    for style, text in blocks:
+        if style.startswith("h"):
+            document.add_heading(text, level=int(style[1]))
+        else:
+            document.add_paragraph(text)
+    if table:
+        grid = document.add_table(rows=len(table), cols=len(table[0]))
+        for r, row in enumerate(table):
+            for c, value in enumerate(row):
+                grid.cell(r, c).text = value
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()

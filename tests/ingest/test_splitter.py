@@ -1,0 +1,76 @@
+"""The Chinese-aware, structure-aware splitter."""
+
+from __future__ import annotations
+
+from ingest.models import Segment
+from ingest.splitter import Splitter, clause_heading, split_sentences
+
+
+def test_sentences_not_cut_in_numbers_urls_clauses() -> None:
+    text = "圆周率约为3.14。见 https://a.example.com/x.html 说明！8.1.4.1 条适用；Done. Next"
+    parts = [text[s:e] for s, e in split_sentences(text)]
+    assert parts == [
+        "圆周率约为3.14。",
+        "见 https://a.example.com/x.html 说明！",
+        "8.1.4.1 条适用；",
+        "Done.",
+        "Next",
+    ]
+
+
+def test_ellipsis_and_quotes() -> None:
+    parts = [t for t in (split_sentences("他说：“好……”然后走了。"))]
+    assert len(parts) == 2
+
+
+def test_clause_headings() -> None:
+    assert clause_heading("8.1.4.1 身份鉴别") == (4, "8.1.4.1 身份鉴别")
+    assert clause_heading("第三章 技术要求") == (1, "第三章 技术要求")
+    assert clause_heading("3.14 is pi.") is None
+    assert clause_heading("3 apples") is None
+
+
+def test_structure_starts_chunks_and_heading_path() -> None:
+    segments = [
+        Segment("# 安全通用要求", heading_level=1),
+        Segment("8.1.4.1 身份鉴别"),
+        Segment("本项要求包括："),
+        Segment("a) 应对登录的用户进行身份标识和鉴别；"),
+        Segment("b) 应具有登录失败处理功能。"),
+        Segment("8.1.4.2 访问控制"),
+        Segment("应对登录的用户分配账户和权限。"),
+    ]
+    text, chunks = Splitter(200, 20).split(segments)
+    assert [c.text for c in chunks] == [
+        "# 安全通用要求\n8.1.4.1 身份鉴别\n本项要求包括：",
+        "a) 应对登录的用户进行身份标识和鉴别；",
+        "b) 应具有登录失败处理功能。",
+        "8.1.4.2 访问控制\n应对登录的用户分配账户和权限。",
+    ]
+    assert chunks[1].heading_path == ["安全通用要求", "8.1.4.1 身份鉴别"]
+    assert chunks[3].heading_path == ["安全通用要求", "8.1.4.2 访问控制"]
+    for chunk in chunks:
+        assert text[chunk.start : chunk.end] == chunk.text
+    assert [c.index for c in chunks] == [0, 1, 2, 3]
+
+
+def test_size_overlap_and_table_rows_whole() -> None:
+    sentence = "这是一个用于测试切分长度的句子。"  # 16 chars
+    rows = [Segment(f"| 行{i} | 数值{i}数值{i}数值{i} |", table_row=True) for i in range(12)]
+    segments = [Segment(sentence * 12), *rows]
+    text, chunks = Splitter(60, 20).split(segments)
+    assert all(len(c.text) <= 60 for c in chunks)
+    body = [c for c in chunks if "|" not in c.text]
+    # overlap: each next chunk starts with the last sentence of the one before
+    for a, b in zip(body, body[1:], strict=False):
+        assert b.start < a.end
+    for chunk in chunks:
+        for line in chunk.text.split("\n"):
+            if "|" in line:
+                assert line.startswith("| 行") and line.endswith(" |")  # whole rows only
+
+
+def test_long_unit_is_cut_by_characters() -> None:
+    _, chunks = Splitter(50, 10).split([Segment("字" * 130)])
+    assert [len(c.text) for c in chunks] == [50, 50, 50]
+    assert chunks[1].start == 40
