@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from ingest.models import Segment
 from ingest.splitter import Splitter, clause_heading, split_sentences
 
@@ -58,11 +60,11 @@ def test_size_overlap_and_table_rows_whole() -> None:
     sentence = "这是一个用于测试切分长度的句子。"  # 16 chars
     rows = [Segment(f"| 行{i} | 数值{i}数值{i}数值{i} |", table_row=True) for i in range(12)]
     segments = [Segment(sentence * 12), *rows]
-    text, chunks = Splitter(60, 20).split(segments)
+    _text, chunks = Splitter(60, 20).split(segments)
     assert all(len(c.text) <= 60 for c in chunks)
     body = [c for c in chunks if "|" not in c.text]
     # overlap: each next chunk starts with the last sentence of the one before
-    for a, b in zip(body, body[1:], strict=False):
+    for a, b in itertools.pairwise(body):
         assert b.start < a.end
     for chunk in chunks:
         for line in chunk.text.split("\n"):

@@ -23,7 +23,13 @@ def store(
         yield VectorStore.http(host, port, embeddings, add_batch_size=3)
 
 
-TEXTS = ["北京是中国的首都。", "上海是最大的城市。", "熊猫吃竹子。", "Python is a language.", "长江很长。"]
+TEXTS = [
+    "北京是中国的首都。",
+    "上海是最大的城市。",
+    "熊猫吃竹子。",
+    "Python is a language.",
+    "长江很长。",
+]
 
 
 def _fill(store: VectorStore, kb: str) -> None:
