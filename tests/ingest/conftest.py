@@ -29,7 +29,9 @@ def embeddings() -> NamedEmbeddings:
 
 def make_settings(data_dir: Path, **ingest: object) -> Settings:
     values = {"chunk_size": 120, "chunk_overlap": 20, "workers": 0, **ingest}
-    return Settings(data_dir=data_dir, ingest=values, llm={"backend": "none"})  # type: ignore[arg-type]
+    return Settings.model_validate(
+        {"data_dir": data_dir, "ingest": values, "llm": {"backend": "none"}}
+    )
 
 
 @pytest.fixture

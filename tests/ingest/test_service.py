@@ -1,0 +1,203 @@
+"""The knowledge-base service end to end: real embedder, real Chroma, real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import make_docx, make_settings
+
+from ingest.catalog import Catalog
+from ingest.embeddings import NamedEmbeddings
+from ingest.errors import EmbeddingMismatchError, InvalidNameError, NotFoundError
+from ingest.models import SearchMode
+from ingest.service import KnowledgeBaseService, rrf
+from ingest.worker import Worker
+
+DOC_A = "北京是中华人民共和国的首都，也是政治和文化中心。\n熊猫主要以竹子为食，生活在四川。"
+DOC_B = "8.1.4.1 身份鉴别\n应对登录的用户进行身份标识和鉴别，身份标识具有唯一性。"
+
+
+def _ingest(service: KnowledgeBaseService, kb: str, name: str, data: bytes) -> str:
+    result = service.upload(kb, name, data)
+    assert result.status == "queued" and result.job is not None
+    job = service.run_pending(result.job.id)
+    assert job is not None and job.state == "succeeded", job
+    assert result.doc_id is not None
+    return result.doc_id
+
+
+def test_ingest_and_search_modes(service: KnowledgeBaseService) -> None:
+    service.create_kb("kb1")
+    _ingest(service, "kb1", "a.txt", DOC_A.encode("gbk"))
+    _ingest(service, "kb1", "std.docx", make_docx([("p", line) for line in DOC_B.split("\n")]))
+    modes: tuple[SearchMode, ...] = ("dense", "keyword", "hybrid")
+    for mode in modes:
+        hits = service.search("kb1", "大熊猫吃什么", top_k=2, mode=mode)
+        assert hits, mode
+        assert "竹子" in hits[0].text, mode
+        assert all(0.0 <= h.score <= 1.0 for h in hits)
+        assert hits == sorted(hits, key=lambda h: -h.score)
+    hit = service.search("kb1", "身份鉴别 唯一性", top_k=1)[0]
+    assert hit.metadata["heading_path"] == ["8.1.4.1 身份鉴别"]
+    assert hit.metadata["filename"] == "std.docx"
+    assert set(hit.metadata) >= {
+        "kb", "doc_id", "filename", "page", "heading_path", "chunk_index", "chunk_id", "start",
+        "end",
+    }  # fmt: skip
+    assert service.search("kb1", "身份鉴别", score_threshold=1.01 - 1e-9) == []
+    kb = service.get_kb("kb1")
+    assert (kb.documents, kb.chunks) == (2, 2)
+
+
+def test_duplicate_replace_delete(service: KnowledgeBaseService) -> None:
+    service.create_kb("kb2")
+    first = _ingest(service, "kb2", "notes.md", "# 说明\n旧版本：苹果是红色的。".encode())
+    assert service.upload("kb2", "again.md", "# 说明\n旧版本：苹果是红色的。".encode()).status == (
+        "duplicate"
+    )
+    second = _ingest(service, "kb2", "notes.md", "# 说明\n新版本：香蕉是黄色的。".encode())
+    docs = service.list_documents("kb2")
+    assert [d.doc_id for d in docs] == [second]
+    modes: tuple[SearchMode, ...] = ("dense", "keyword")
+    texts = [h.text for m in modes for h in service.search("kb2", "苹果 香蕉", 10, mode=m)]
+    assert texts and all("旧版本" not in t for t in texts)
+    assert service.store.count("kb2") == 1
+    with pytest.raises(NotFoundError):
+        service.get_document("kb2", first)
+    service.delete_document("kb2", second)
+    assert service.search("kb2", "香蕉") == []
+    assert service.store.count("kb2") == 0
+
+
+def test_delete_kb_removes_everything(service: KnowledgeBaseService) -> None:
+    service.create_kb("gone")
+    _ingest(service, "gone", "a.txt", DOC_A.encode())
+    assert (service.files_dir / "gone").is_dir()
+    service.delete_kb("gone")
+    assert not (service.files_dir / "gone").exists()
+    with pytest.raises(NotFoundError):
+        service.search("gone", "熊猫")
+    service.create_kb("gone")  # a fresh, empty collection
+    assert service.store.count("gone") == 0
+
+
+def test_names_and_unknown_kb(service: KnowledgeBaseService) -> None:
+    for bad in ["", "a b", "x" * 65, "../x", "名字"]:
+        with pytest.raises(InvalidNameError):
+            service.create_kb(bad)
+    with pytest.raises(NotFoundError):
+        service.upload("nope", "a.txt", b"x")
+
+
+def test_embedding_model_mismatch_is_an_error(service: KnowledgeBaseService) -> None:
+    service.catalog.create_kb("other", "sentence-transformers:some/model", 768)
+    with pytest.raises(EmbeddingMismatchError, match="some/model"):
+        service.search("other", "x")
+    with pytest.raises(EmbeddingMismatchError):
+        service.upload("other", "a.txt", b"hello")
+
+
+def test_job_rerun_is_idempotent(service: KnowledgeBaseService) -> None:
+    service.create_kb("idem")
+    result = service.upload("idem", "a.txt", DOC_A.encode())
+    assert result.job is not None
+    first = service.run_pending(result.job.id)
+    with service.catalog.connect() as db:  # as if the job had been interrupted and requeued
+        db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (result.job.id,))
+    second = service.run_pending(result.job.id)
+    assert first is not None and second is not None
+    assert second.state == "succeeded" and second.attempts == 2
+    assert (
+        second.chunks
+        == first.chunks
+        == service.store.count("idem")
+        == service.get_kb("idem").chunks
+    )
+
+
+def test_bad_file_fails_only_its_job(service: KnowledgeBaseService) -> None:
+    service.create_kb("mixed")
+    bad = service.upload("mixed", "fake.docx", b"not a zip at all")
+    good = service.upload("mixed", "a.txt", DOC_A.encode())
+    worker = Worker(service, threads=1, poll_interval_s=0.1).start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {service.get_job(r.job.id).state for r in (bad, good) if r.job}
+            if states <= {"succeeded", "failed"}:
+                break
+            time.sleep(0.1)
+    finally:
+        worker.close()
+    assert bad.job is not None and good.job is not None
+    failed = service.get_job(bad.job.id)
+    assert failed.state == "failed" and "not a valid DOCX" in (failed.error or "")
+    assert service.get_job(good.job.id).state == "succeeded"
+    assert service.get_document("mixed", bad.doc_id or "").status == "failed"
+
+
+def test_rrf_normalised() -> None:
+    fused = rrf([[("a", 0.9), ("b", 0.5)], [("a", 3.0), ("c", 1.0)]], k=60)
+    assert fused[0] == ("a", pytest.approx(1.0))
+    assert dict(fused)["b"] == pytest.approx((1 / 62) / (2 / 61))
+
+
+def test_worker_killed_mid_job_then_restarted(tmp_path: Path, embeddings: NamedEmbeddings) -> None:
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir, chunk_size=50, chunk_overlap=0)
+    service = KnowledgeBaseService.from_settings(settings, embeddings)
+    service.create_kb("crash")
+    text = "".join(f"第{i}条：这是用于测试中断恢复的第{i}个句子，内容各不相同。" for i in range(40))
+    result = service.upload("crash", "long.txt", text.encode())
+    assert result.job is not None
+    job_id = result.job.id
+    service.close()
+    env = {
+        **os.environ,
+        "KBQA_DATA_DIR": str(data_dir),
+        "KBQA_INGEST__CHUNK_SIZE": "50",
+        "KBQA_INGEST__CHUNK_OVERLAP": "0",
+        "KBQA_EMBEDDINGS__BATCH_SIZE": "1",
+        "KBQA_INGEST__POLL_INTERVAL_S": "0.2",
+        "KBQA_LLM__BACKEND": "none",
+    }
+    cmd = [str(Path(sys.executable).parent / "kbqa"), "worker"]
+    catalog = Catalog(data_dir / "ingest" / "ingest.sqlite")
+
+    def wait_for(pred: Callable[[], bool], what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: catalog.get_job(job_id).progress_done >= 2, "progress")  # type: ignore[union-attr]
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    job = catalog.get_job(job_id)
+    assert job is not None and job.state == "running" and job.progress_done < job.progress_total
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: catalog.get_job(job_id).state == "succeeded", "success")  # type: ignore[union-attr]
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+    done = catalog.get_job(job_id)
+    assert done is not None and done.attempts == 2
+    reopened = KnowledgeBaseService.from_settings(settings, embeddings)
+    try:
+        assert reopened.store.count("crash") == done.chunks == reopened.get_kb("crash").chunks
+        assert len(set(reopened.store.ids_of_doc("crash", done.doc_id))) == done.chunks
+    finally:
+        reopened.close()
