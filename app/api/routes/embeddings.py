@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import struct
+
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep
@@ -17,6 +20,10 @@ from app.api.schemas.ingest import (
 router = APIRouter(tags=["embeddings"])
 
 
+def _b64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
 @router.post("/embeddings", response_model=EmbeddingsResponse)
 def embeddings(body: EmbeddingsRequest, services: ServicesDep) -> EmbeddingsResponse:
     service = kb_service(services)
@@ -26,7 +33,10 @@ def embeddings(body: EmbeddingsRequest, services: ServicesDep) -> EmbeddingsResp
     vectors = service.embed(texts, body.input_type)
     tokens = sum(len(t) for t in texts)  # characters: the packaged engines expose no tokenizer
     return EmbeddingsResponse(
-        data=[EmbeddingItem(index=i, embedding=v) for i, v in enumerate(vectors)],
+        data=[
+            EmbeddingItem(index=i, embedding=_b64(v) if body.encoding_format == "base64" else v)
+            for i, v in enumerate(vectors)
+        ],
         model=service.embeddings.name,
         usage=EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens),
     )

@@ -150,7 +150,9 @@ class SearchResponse(BaseModel):
 class EmbeddingsRequest(BaseModel):
     input: str | list[str] = Field(description="Text or texts to embed.", examples=["你好"])
     model: str | None = Field(None, description="Ignored: the service's embedding model is used.")
-    encoding_format: Literal["float"] = Field("float", description="Only `float`.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`float` lists, or `base64` of little-endian float32 (OpenAI SDK)."
+    )
     input_type: Literal["query", "passage"] = Field(
         "query",
         description="kbqa extension: `query` for questions, `passage` for documents "
@@ -161,7 +163,7 @@ class EmbeddingsRequest(BaseModel):
 class EmbeddingItem(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float]
+    embedding: list[float] | str
 
 
 class EmbeddingsUsage(BaseModel):

