@@ -21,6 +21,7 @@ from app.llm.base import (
     PromptTooLongError,
     StreamChunk,
 )
+from app.llm.device import check_memory, load_kwargs, needs_move, pick_device, pick_dtype
 from app.llm.prompting import encode_prompt, render_prompt
 from app.settings.llm import LLMSettings
 
@@ -137,7 +138,17 @@ class TransformersBackend(LLMBackend):
         if settings.threads:
             torch.set_num_threads(settings.threads)
         resolved = resolve_model(settings.model, models_dir)
-        device, kwargs = _device_and_kwargs(settings)
+        device = pick_device(settings.device)
+        kwargs = load_kwargs(settings, device)
+        if settings.memory_check:
+            check_memory(
+                resolved.path,
+                pick_dtype(settings.dtype, device),
+                device,
+                quantization=settings.quantization,
+                max_memory=settings.max_memory or None,
+                overhead=settings.memory_overhead,
+            )
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(
             resolved.path, trust_remote_code=settings.trust_remote_code
@@ -145,7 +156,7 @@ class TransformersBackend(LLMBackend):
         model: Any = AutoModelForCausalLM.from_pretrained(
             resolved.path, trust_remote_code=settings.trust_remote_code, **kwargs
         )
-        if "device_map" not in kwargs:
+        if needs_move(kwargs):
             model.to(device)
         model.eval()
         adapter_names: list[str] = []
@@ -363,21 +374,3 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _device_and_kwargs(settings: LLMSettings) -> tuple[str, dict[str, Any]]:
-    """Device and ``from_pretrained`` kwargs; app.llm.device refines this when present."""
-    try:
-        from app.llm import device as device_mod  # written for CUDA/MPS specifics
-    except ImportError:  # pragma: no cover - the module ships with the package
-        device_mod = None  # type: ignore[assignment]
-    if device_mod is not None and hasattr(device_mod, "load_kwargs"):
-        device = device_mod.pick_device(settings.device)
-        return device, device_mod.load_kwargs(settings, device)
-    import torch
-
-    device = "cpu" if settings.device == "auto" else settings.device
-    dtype = (
-        torch.float32 if settings.dtype in {"auto", "float32"} else getattr(torch, settings.dtype)
-    )
-    return device, {"dtype": dtype}
