@@ -57,7 +57,7 @@ class _TextCollector:
         if self.stopped:
             return
         self.ids.extend(int(i) for i in value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = self._decode()
         for stop in self.stops:
             index = text.find(stop)
             if index != -1:
@@ -72,8 +72,13 @@ class _TextCollector:
 
     def end(self) -> None:
         if not self.stopped:
-            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            text = self._decode()
             self._send(text, len(text))
+
+    def _decode(self) -> str:
+        # Leading whitespace is dropped: ChatGLM3 opens every answer with its (empty)
+        # metadata line, and other chat models often start with a space or newline.
+        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True)).lstrip()
 
     def _send(self, text: str, upto: int) -> None:
         if upto > self.sent:

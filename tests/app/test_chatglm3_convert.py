@@ -296,3 +296,29 @@ def test_cli_converts_and_refuses_to_overwrite(chatglm3: dict[str, Any], tmp_pat
     assert again.exit_code == 2
     assert "--overwrite" in again.output
     shutil.rmtree(dst)
+
+
+def test_converted_model_serves_through_the_transformers_backend(
+    chatglm3: dict[str, Any], tmp_path: Path
+) -> None:
+    """The converted directory is a plain model reference for the service: it loads with
+    no remote code, formats chats with its own template and stops on ChatGLM3's role tokens."""
+    import asyncio
+
+    from app.llm.base import ChatMessage, GenerationParams
+    from app.llm.transformers_backend import TransformersBackend
+    from app.settings import load_settings
+
+    settings = load_settings(**{"llm.model": str(chatglm3["dst"]), "llm.memory_check": True})
+    backend = TransformersBackend.load(settings.llm, tmp_path)
+    try:
+        assert backend.device == "cpu"
+        ids = backend.tokenizer.convert_tokens_to_ids(["<|user|>", "<|observation|>"])
+        assert set(ids) <= backend._eos_ids
+        result = asyncio.run(
+            backend.complete([ChatMessage("user", "你好")], GenerationParams(max_tokens=5))
+        )
+        assert result.prompt_tokens > 0
+        assert 1 <= result.completion_tokens <= 5
+    finally:
+        backend.close()
