@@ -104,7 +104,7 @@ def test_model_reference_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         resolve_model("./no/such/dir", tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelReferenceError, match="no config.json"):
+    with pytest.raises(ModelReferenceError, match=r"no config\.json"):
         resolve_model(str(empty), tmp_path)
 
 
