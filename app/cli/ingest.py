@@ -64,12 +64,12 @@ def ingest_cmd(
     files = _collect(paths)
     chunks = duplicates = 0
     failures: list[tuple[str, str]] = []
+    claimed: list[Any] = []
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=False
     ) as progress:
-        overall = progress.add_task("files", total=len(files))
+        uploads = progress.add_task("upload", total=len(files))
         for file, name in files:
-            task = progress.add_task(f"  {name[:40]}", total=None)
             try:
                 service.check_upload(name, file.stat().st_size)
                 result = service.upload(kb, name, file.read_bytes())
@@ -79,19 +79,19 @@ def ingest_cmd(
                 if result.status == "duplicate":
                     duplicates += 1
                 elif result.job is not None:
-                    claimed = service.claim(result.job.id)
-                    if claimed is not None:
-
-                        def bar(done: int, total: int, task: Any = task) -> None:
-                            progress.update(task, completed=done, total=total)
-
-                        job = service.run_job(claimed, on_progress=bar)
-                        if job.state == "succeeded":
-                            chunks += job.chunks
-                        else:
-                            failures.append((name, job.error or job.state))
-            progress.remove_task(task)
-            progress.advance(overall)
+                    job = service.claim(result.job.id)
+                    if job is not None:  # else a running `kbqa worker` took it
+                        claimed.append(job)
+            progress.advance(uploads)
+        ingesting = progress.add_task("ingest", total=len(claimed))
+        step = service.ingest_settings.batch_jobs
+        for start in range(0, len(claimed), step):
+            for job in service.run_jobs(claimed[start : start + step]):
+                if job.state == "succeeded":
+                    chunks += job.chunks
+                else:
+                    failures.append((job.filename, job.error or job.state))
+                progress.advance(ingesting)
     typer.echo(
         f"kb={kb} files={len(files)} chunks={chunks} duplicates={duplicates} "
         f"failures={len(failures)}"

@@ -91,6 +91,12 @@ class IngestSettings(Section):
         description="Ingest worker threads started beside the API (0: none; use "
         "`kbqa worker` as its own process).",
     )
+    batch_jobs: int = Field(
+        16,
+        ge=1,
+        description="Queued jobs a worker thread claims at once; their chunks share embedding "
+        "batches (many small files embed faster together).",
+    )
     poll_interval_s: float = Field(
         1.0, gt=0, description="How often an idle worker looks for queued jobs (seconds)."
     )

@@ -27,8 +27,8 @@ DOC_B = "8.1.4.1 身份鉴别\n应对登录的用户进行身份标识和鉴别�
 def _ingest(service: KnowledgeBaseService, kb: str, name: str, data: bytes) -> str:
     result = service.upload(kb, name, data)
     assert result.status == "queued" and result.job is not None
-    job = service.run_pending(result.job.id)
-    assert job is not None and job.state == "succeeded", job
+    [job] = service.run_pending(result.job.id)
+    assert job.state == "succeeded", job
     assert result.doc_id is not None
     return result.doc_id
 
@@ -108,11 +108,10 @@ def test_job_rerun_is_idempotent(service: KnowledgeBaseService) -> None:
     service.create_kb("idem")
     result = service.upload("idem", "a.txt", DOC_A.encode())
     assert result.job is not None
-    first = service.run_pending(result.job.id)
+    [first] = service.run_pending(result.job.id)
     with service.catalog.connect() as db:  # as if the job had been interrupted and requeued
         db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (result.job.id,))
-    second = service.run_pending(result.job.id)
-    assert first is not None and second is not None
+    [second] = service.run_pending(result.job.id)
     assert second.state == "succeeded" and second.attempts == 2
     assert (
         second.chunks
