@@ -92,7 +92,14 @@ from app.cli.models import models_app  # noqa: E402
 
 cli.add_typer(models_app, name="models")
 
-
 from app.cli.ingest import register as _register_ingest  # noqa: E402
 
 _register_ingest(cli)
+
+from app.cli.finetune import register as _register_finetune  # noqa: E402
+
+_register_finetune(cli)
+
+from app.cli.eval import register as _register_eval  # noqa: E402
+
+_register_eval(cli)

@@ -19,6 +19,8 @@ from pydantic_settings import (
 )
 
 from app.settings.base import SettingsError, split_csv
+from app.settings.eval import EvalSettings
+from app.settings.finetune import FinetuneSettings
 from app.settings.ingest import (
     EmbeddingsSettings,
     IngestSettings,
@@ -26,6 +28,7 @@ from app.settings.ingest import (
     VectorStoreSettings,
 )
 from app.settings.llm import LLMSettings
+from app.settings.rag import RagSettings
 from app.settings.server import ServerSettings
 
 _config_data: ContextVar[dict[str, Any] | None] = ContextVar("kbqa_config_data", default=None)
@@ -84,6 +87,18 @@ class Settings(BaseSettings):
         default_factory=RetrievalSettings,  # type: ignore[arg-type]
         description="Knowledge-base search defaults.",
     )
+    finetune: FinetuneSettings = Field(
+        default_factory=FinetuneSettings,  # type: ignore[arg-type]
+        description="LoRA SFT finetuning (`kbqa finetune`).",
+    )
+    rag: RagSettings = Field(
+        default_factory=RagSettings,  # type: ignore[arg-type]
+        description="Knowledge-base answers: prompts, context budget, refusal, reranker.",
+    )
+    eval: EvalSettings = Field(
+        default_factory=EvalSettings,
+        description="`kbqa eval compare` defaults.",
+    )
 
     @property
     def resolved_models_dir(self) -> Path:
@@ -91,11 +106,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        if self.environment == "production" and not self.api_keys and self.server.host not in {
-            "127.0.0.1",
-            "localhost",
-            "::1",
-        }:
+        if (
+            self.environment == "production"
+            and not self.api_keys
+            and self.server.host
+            not in {
+                "127.0.0.1",
+                "localhost",
+                "::1",
+            }
+        ):
             raise ValueError(
                 "environment=production on a public interface needs API keys: set KBQA_API_KEYS "
                 "or bind server.host to 127.0.0.1"

@@ -1,0 +1,1 @@
+"""RAG-vs-finetune evaluation: metrics, the compare command, reports."""

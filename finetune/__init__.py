@@ -1,0 +1,1 @@
+"""LoRA supervised finetuning: SFT data building, training, adapter merge."""

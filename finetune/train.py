@@ -1,0 +1,552 @@
+"""LoRA SFT on a causal LM with the transformers Trainer and peft.
+
+Phases: resolve the config -> load the tokenizer and encode the examples with the service's
+chat template (loss on answer tokens only) -> load the model and wrap it in LoRA -> train
+(checkpoints every N steps, eval loss, Ctrl-C saves a resumable checkpoint) -> write the
+adapter, tokenizer, resolved config, metrics.json and loss.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app.llm.models import resolve_model
+from app.llm.prompting import render_prompt
+from app.settings.finetune import FinetuneSettings
+from finetune.config import ConfigError, auto_target_modules
+from finetune.data import read_examples
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "finetune_config.yaml"
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "loss.png"
+CHECKPOINTS = "checkpoints"
+IGNORE_INDEX = -100
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or continue, with what to do about it."""
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    global_step: int
+    interrupted: bool
+    checkpoint: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def _segments(
+    tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None
+) -> list[tuple[str, bool]]:
+    """Split a conversation's rendered text into (text, is_answer) pieces.
+
+    Each prompt piece is exactly what the service renders before that answer
+    (``add_generation_prompt=True``); each answer piece is what the template adds for the
+    assistant turn (its content and end-of-turn marker).
+    """
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render_prompt(tokenizer, messages[:index], chat_template)
+        full = render_prompt(
+            tokenizer, messages[: index + 1], chat_template, add_generation_prompt=False
+        )
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise TrainError(
+                "the chat template does not render conversations as growing prefixes "
+                "(prompt + answer); set finetune via a simpler template (llm.prompt_template)"
+            )
+        pieces.append((prompt[len(done) :], False))
+        pieces.append((full[len(prompt) :], True))
+        done = full
+    return pieces
+
+
+def encode_example(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    chat_template: str | None,
+    max_length: int,
+    system_prompt: str | None = None,
+) -> EncodedExample | None:
+    """Token ids and labels (prompt tokens masked with -100); None when the answer alone
+    does not fit in ``max_length``."""
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    input_ids: list[int] = []
+    labels: list[int] = []
+    pieces = _segments(tokenizer, messages, chat_template)
+    eos = tokenizer.eos_token_id
+    last_answer = 0
+    for number, (text, is_answer) in enumerate(pieces):
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        if is_answer and number == len(pieces) - 1 and eos is not None and eos not in ids:
+            ids.append(eos)  # teach the model to stop where the template has no end marker
+        if is_answer:
+            last_answer = len(ids)
+        input_ids.extend(ids)
+        labels.extend(ids if is_answer else [IGNORE_INDEX] * len(ids))
+    if len(input_ids) > max_length:
+        if last_answer >= max_length:
+            return None
+        # keep the answer: drop prompt tokens from the left
+        input_ids, labels = input_ids[-max_length:], labels[-max_length:]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return EncodedExample(input_ids, labels)
+
+
+def encode_file(
+    path: Path,
+    tokenizer: Any,
+    chat_template: str | None,
+    max_length: int,
+    system_prompt: str | None,
+) -> tuple[list[dict[str, list[int]]], int]:
+    rows: list[dict[str, list[int]]] = []
+    skipped = 0
+    for example in read_examples(path):
+        encoded = encode_example(
+            tokenizer, example.messages, chat_template, max_length, system_prompt
+        )
+        if encoded is None:
+            skipped += 1
+            continue
+        rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    if not rows:
+        raise TrainError(f"{path}: no example fits in max_length={max_length}")
+    return rows, skipped
+
+
+class PadCollator:
+    """Right-pads a batch; labels padded with -100."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, mask = [], [], []
+        for row in rows:
+            pad = width - len(row["input_ids"])
+            ids.append(row["input_ids"] + [self.pad_id] * pad)
+            labels.append(row["labels"] + [IGNORE_INDEX] * pad)
+            mask.append([1] * len(row["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+        }
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_precision(requested: str, device: str) -> str:
+    import torch
+
+    if requested != "auto":
+        if requested in {"fp16", "bf16"} and device == "cpu":
+            raise ConfigError(f"precision={requested} needs CUDA; use fp32 on CPU")
+        return requested
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def peak_memory() -> dict[str, int | None]:
+    """Peak resident memory of this process (bytes) and, on CUDA, peak allocated memory."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    cuda: int | None = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            cuda = int(torch.cuda.max_memory_allocated())
+    except ImportError:  # pragma: no cover
+        pass
+    return {"peak_rss_bytes": int(rss_bytes), "peak_cuda_bytes": cuda}
+
+
+class _Interrupt:
+    """First Ctrl-C: finish the step, save a checkpoint, stop. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("event=interrupt_requested action=save_checkpoint_and_stop")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _interrupt_callback(interrupt: _Interrupt) -> Any:
+    from transformers import TrainerCallback
+
+    class InterruptCallback(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if interrupt.requested:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return InterruptCallback()
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def split_log_history(history: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    train = [
+        {k: h[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in h}
+        for h in history
+        if "loss" in h
+    ]
+    evals = [
+        {k: h[k] for k in ("step", "epoch", "eval_loss") if k in h}
+        for h in history
+        if "eval_loss" in h
+    ]
+    return train, evals
+
+
+def plot_loss(train: list[dict], evals: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot([t["step"] for t in train], [t["loss"] for t in train], label="train loss")
+    if evals:
+        ax.plot(
+            [e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss"
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("LoRA SFT loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def read_saved_config(out: Path) -> dict[str, Any]:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        raise TrainError(f"{out} has no {CONFIG_FILE}: nothing to resume")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return dict(data)
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    found = get_last_checkpoint(str(folder))
+    return Path(found) if found else None
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(
+    *,
+    model: str | None,
+    data: Path | None,
+    out: Path,
+    settings: FinetuneSettings,
+    models_dir: Path,
+    eval_data: Path | None = None,
+    resume: bool = False,
+    prompt_template: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Run (or, with ``resume``, continue) a LoRA SFT run writing into ``out``."""
+    # --- phase: config
+    if resume:
+        saved = read_saved_config(out)
+        checkpoint = last_checkpoint(out)
+        if checkpoint is None:
+            raise TrainError(f"no checkpoint under {out / CHECKPOINTS} to resume from")
+        model = model or saved["model"]
+        data = data or Path(saved["data"])
+        if eval_data is None and saved.get("eval"):
+            eval_data = Path(saved["eval"])
+        settings = FinetuneSettings.model_validate(saved["finetune"])
+        prompt_template = prompt_template or saved.get("chat_template_override")
+    else:
+        checkpoint = None
+        if last_checkpoint(out) is not None:
+            raise TrainError(
+                f"{out} holds checkpoints of an earlier run: pass --resume to continue it, "
+                "or choose another --out"
+            )
+    if model is None or data is None:
+        raise TrainError("--model and --data are required (except with --resume)")
+    resolved = resolve_model(model, models_dir)
+    chat_template = prompt_template or resolved.chat_template
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    set_seed(settings.seed)
+    device = pick_device(settings.device)
+    precision = pick_precision(settings.precision, device)
+    if settings.quantization == "4bit" and device != "cuda":
+        raise ConfigError("quantization=4bit (QLoRA) needs CUDA")
+    grad_ckpt = (
+        settings.gradient_checkpointing
+        if settings.gradient_checkpointing is not None
+        else device == "cuda"
+    )
+
+    # --- phase: data
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_rows, skipped = encode_file(
+        data, tokenizer, chat_template, settings.max_length, settings.system_prompt
+    )
+    eval_rows = None
+    if eval_data is not None:
+        eval_rows, _ = encode_file(
+            eval_data, tokenizer, chat_template, settings.max_length, settings.system_prompt
+        )
+    if skipped:
+        logger.warning(
+            "event=examples_skipped count=%d reason=answer_longer_than_max_length", skipped
+        )
+
+    # --- phase: model
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    load_kwargs: dict[str, Any] = {"dtype": dtype}
+    if settings.quantization == "4bit":
+        try:
+            import bitsandbytes  # type: ignore[import-not-found]  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:
+            raise ConfigError(
+                "quantization=4bit needs bitsandbytes: pip install 'kbqa[cuda]'"
+            ) from exc
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        load_kwargs["device_map"] = {"": 0}
+    base = AutoModelForCausalLM.from_pretrained(resolved.path, **load_kwargs)
+    base.config.use_cache = False
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if settings.quantization == "4bit":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=grad_ckpt)
+    elif grad_ckpt:
+        base.enable_input_require_grads()
+    targets = auto_target_modules(base.config.model_type, settings.target_modules)
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+    )
+    peft_model = get_peft_model(base, lora)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+
+    # --- phase: resolved config into the output dir (before training: resume reads it)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved_config = {
+        "model": model,
+        "model_path": str(resolved.path),
+        "model_type": base.config.model_type,
+        "data": str(Path(data).resolve()),
+        "eval": str(Path(eval_data).resolve()) if eval_data else None,
+        "chat_template_override": chat_template,
+        "device": device,
+        "precision": precision,
+        "gradient_checkpointing": grad_ckpt,
+        "target_modules": targets,
+        "train_examples": len(train_rows),
+        "eval_examples": len(eval_rows) if eval_rows else 0,
+        "skipped_examples": skipped,
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "finetune": settings.model_dump(mode="json"),
+    }
+    if not resume:
+        (out / CONFIG_FILE).write_text(
+            yaml.safe_dump(resolved_config, allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
+    logger.info(
+        "event=finetune_start model=%s device=%s precision=%s examples=%d trainable=%d "
+        "targets=%s resume_from=%s",
+        model,
+        device,
+        precision,
+        len(train_rows),
+        trainable,
+        targets,
+        checkpoint or "-",
+    )
+
+    # --- phase: train
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    eval_steps = settings.eval_steps or settings.save_steps
+    args = TrainingArguments(
+        output_dir=str(out / CHECKPOINTS),
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        eval_strategy="steps" if eval_rows else "no",
+        eval_steps=eval_steps if eval_rows else None,
+        seed=settings.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=grad_ckpt,
+        use_cpu=device == "cpu",
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    interrupt = _Interrupt()
+    trainer = Trainer(
+        model=peft_model,
+        args=args,
+        train_dataset=train_rows,  # type: ignore[arg-type]
+        eval_dataset=eval_rows,  # type: ignore[arg-type]
+        data_collator=PadCollator(int(tokenizer.pad_token_id)),
+        processing_class=tokenizer,
+        callbacks=[_interrupt_callback(interrupt), *callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    with interrupt:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    step = trainer.state.global_step
+    if interrupt.requested:
+        saved_ckpt = last_checkpoint(out)
+        logger.warning("event=finetune_interrupted step=%d checkpoint=%s", step, saved_ckpt)
+        return TrainResult(out, step, True, saved_ckpt, skipped=skipped)
+
+    # --- phase: outputs
+    final_eval = trainer.evaluate() if eval_rows else {}
+    peft_model.save_pretrained(str(out))
+    if resolved.chat_template and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = resolved.chat_template
+    tokenizer.save_pretrained(str(out))
+    train_log, eval_log = split_log_history(trainer.state.log_history)
+    metrics: dict[str, Any] = {
+        "global_step": step,
+        "epochs": trainer.state.epoch,
+        "train_runtime_s": output.metrics.get("train_runtime"),
+        "train_samples_per_second": output.metrics.get("train_samples_per_second"),
+        "train_steps_per_second": output.metrics.get("train_steps_per_second"),
+        "train_loss_mean": output.metrics.get("train_loss"),
+        "final_eval_loss": final_eval.get("eval_loss"),
+        "wall_s": round(time.perf_counter() - start, 3),
+        "resumed_from_step": _checkpoint_step(checkpoint),
+        "train_examples": len(train_rows),
+        "skipped_examples": skipped,
+        "device": device,
+        "precision": precision,
+        **peak_memory(),
+        "train": train_log,
+        "eval": eval_log,
+    }
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    plot_loss(train_log, eval_log, out / PLOT_FILE)
+    logger.info(
+        "event=finetune_done out=%s step=%d samples_per_s=%s peak_rss_mb=%.0f",
+        out,
+        step,
+        metrics["train_samples_per_second"],
+        (metrics["peak_rss_bytes"] or 0) / 2**20,
+    )
+    return TrainResult(out, step, False, last_checkpoint(out), metrics, skipped)
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int | None:
+    if checkpoint is None:
+        return None
+    try:
+        return int(checkpoint.name.rsplit("-", 1)[-1])
+    except ValueError:
+        return None
+
+
+def steps_per_epoch(examples: int, settings: FinetuneSettings) -> int:
+    return max(1, math.ceil(examples / (settings.batch_size * settings.gradient_accumulation)))
