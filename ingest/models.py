@@ -42,6 +42,10 @@ class SearchHit:
     text: str
     score: float
     metadata: dict[str, Any]
+    #: the components behind ``score`` (None when that search did not run): cosine
+    #: similarity, and bm25/(bm25 + retrieval.keyword_score_half)
+    dense_score: float | None = None
+    keyword_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

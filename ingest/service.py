@@ -431,24 +431,35 @@ class KnowledgeBaseService:
         threshold = self.retrieval.score_threshold if score_threshold is None else score_threshold
         mode = mode or self.retrieval.mode
         candidates = max(self.retrieval.candidates, k)
+        half = self.retrieval.keyword_score_half
+        dense: list[tuple[str, float]] = []
+        keyword: list[tuple[str, float]] = []
         scored: list[tuple[str, float]]
-        if mode == "dense":
-            scored = self._dense(kb, query, candidates)
-        elif mode == "keyword":
-            half = self.retrieval.keyword_score_half
-            scored = [
+        if mode not in ("dense", "keyword", "hybrid"):
+            raise InvalidNameError(f"unknown search mode {mode!r}: dense, keyword or hybrid")
+        if mode in ("dense", "hybrid"):
+            dense = self._dense(kb, query, candidates)
+        if mode in ("keyword", "hybrid"):
+            keyword = [
                 (cid, s / (s + half)) for cid, s in self.keyword.search(kb, query, candidates)
             ]
-        elif mode == "hybrid":
-            dense = self._dense(kb, query, candidates)
-            keyword = self.keyword.search(kb, query, candidates)
-            scored = rrf([dense, keyword], self.retrieval.rrf_k)
+        if mode == "dense":
+            scored = dense
+        elif mode == "keyword":
+            scored = keyword
         else:
-            raise InvalidNameError(f"unknown search mode {mode!r}: dense, keyword or hybrid")
+            scored = rrf([dense, keyword], self.retrieval.rrf_k)
         scored = [(cid, s) for cid, s in scored if s >= threshold][:k]
         rows = self.catalog.chunks_by_id(kb, [cid for cid, _ in scored])
+        dense_of, keyword_of = dict(dense), dict(keyword)
         return [
-            SearchHit(rows[cid][0], round(score, 6), rows[cid][1])
+            SearchHit(
+                rows[cid][0],
+                round(score, 6),
+                rows[cid][1],
+                dense_score=_component(dense_of, cid, mode != "keyword"),
+                keyword_score=_component(keyword_of, cid, mode != "dense"),
+            )
             for cid, score in scored
             if cid in rows
         ]
@@ -472,6 +483,13 @@ class KnowledgeBaseService:
     def close(self) -> None:
         self.stopping.set()
         self.catalog.close()
+
+
+def _component(scores: dict[str, float], cid: str, searched: bool) -> float | None:
+    """A hit's score in one component search: 0 when it was outside its candidates."""
+    if not searched:
+        return None
+    return round(scores.get(cid, 0.0), 6)
 
 
 def rrf(lists: list[list[tuple[str, float]]], k: int) -> list[tuple[str, float]]:

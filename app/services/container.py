@@ -12,6 +12,7 @@ from app.llm.base import LLMBackend
 from app.services.chat import ChatService
 
 if TYPE_CHECKING:
+    from app.services.rag import RagService
     from ingest.service import KnowledgeBaseService
 
 
@@ -20,6 +21,7 @@ class Services:
     llm: LLMBackend | None = None
     chat: ChatService | None = None
     kb: KnowledgeBaseService | None = None
+    rag: RagService | None = None
     # closables are shut down in reverse order when the app stops
     closables: list[Any] = field(default_factory=list)
 

@@ -13,6 +13,7 @@ from app.services.gate import GenerationGate
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.services.rag import RagService
     from ingest.service import KnowledgeBaseService
 
 logger = logging.getLogger(__name__)
@@ -62,4 +63,13 @@ async def build_services(settings: Settings) -> Services:
     if llm is not None:
         services.closables.append(llm)
     services.kb = await asyncio.to_thread(build_kb, settings, services.closables)
+    services.rag = await asyncio.to_thread(build_rag, settings, services)
     return services
+
+
+def build_rag(settings: Settings, services: Services) -> RagService:
+    """Knowledge-base answers over the chat service (and the reranker when configured)."""
+    from app.services.rag import RagService
+
+    assert services.chat is not None and services.kb is not None
+    return RagService.from_settings(settings, services.chat, services.kb)

@@ -20,6 +20,7 @@ from app.api.schemas.chat import (
     ChatCompletionResponse,
     ChatMessageOut,
     Choice,
+    KBChatCompletionResponse,
     Usage,
 )
 from app.llm.base import ChatMessage, GenerationParams, LLMError, StreamChunk
@@ -66,18 +67,25 @@ def chat_service(services: Any) -> ChatService:
 
 @router.post(
     "/chat/completions",
-    response_model=ChatCompletionResponse,
+    response_model=KBChatCompletionResponse | ChatCompletionResponse,
+    response_model_exclude_none=True,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_completions(
     request: ChatCompletionRequest, services: ServicesDep, settings: SettingsDep
 ) -> Any:
-    chat = chat_service(services)
     messages = to_messages(request)
-    params = to_params(request, settings)
-    model_name = request.model or chat.llm.name
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    if request.knowledge_base is not None:
+        from app.api.routes.kb_chat import kb_chat_completion
+
+        return await kb_chat_completion(
+            request, messages, services, settings, completion_id, created
+        )
+    chat = chat_service(services)
+    params = to_params(request, settings)
+    model_name = request.model or chat.llm.name
     if not request.stream:
         result = await chat.complete(messages, params, request.model)
         return ChatCompletionResponse(

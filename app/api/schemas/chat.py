@@ -53,6 +53,24 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
     seed: int | None = Field(None, description="Seed for sampling (temperature > 0).")
     n: int = Field(1, ge=1, le=1, description="Only 1 choice is supported.")
+    # kbqa extensions (the openai SDK sends them with `extra_body`)
+    knowledge_base: str | list[str] | None = Field(
+        None,
+        description="Answer from this knowledge base (or these): retrieval, numbered passages, "
+        "citations, `sources` in the response. Absent: the plain model.",
+        examples=["dengbao"],
+    )
+    top_k: int | None = Field(None, ge=1, le=50, description="Passages used (knowledge_base).")
+    score_threshold: float | None = Field(
+        None, ge=0, le=1, description="Minimum search score of a passage (knowledge_base)."
+    )
+    search_mode: Literal["dense", "keyword", "hybrid"] | None = Field(
+        None, description="Search mode (knowledge_base)."
+    )
+    answer_mode: Literal["generate", "passages"] = Field(
+        "generate", description="`passages`: retrieval only, no LLM call (knowledge_base)."
+    )
+    return_sources: bool = Field(True, description="Include `sources` (knowledge_base).")
 
     @field_validator("stop")
     @classmethod
@@ -60,6 +78,13 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop strings")
         return value
+
+    def knowledge_bases(self) -> list[str]:
+        if self.knowledge_base is None:
+            return []
+        if isinstance(self.knowledge_base, str):
+            return [self.knowledge_base]
+        return list(self.knowledge_base)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -113,3 +138,93 @@ class Health(BaseModel):
     backend: str
     device: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+
+
+SearchModeField = Literal["dense", "keyword", "hybrid"]
+AnswerModeField = Literal["generate", "passages"]
+
+
+class RagFields(BaseModel):
+    """The knowledge-base knobs shared by /v1/chat/completions and /ask."""
+
+    top_k: int | None = Field(
+        None, ge=1, le=50, description="Passages used for the answer (default: settings)."
+    )
+    score_threshold: float | None = Field(
+        None, ge=0, le=1, description="Minimum search score (0-1) of a passage."
+    )
+    search_mode: SearchModeField | None = Field(
+        None, description="dense, keyword or hybrid (default: retrieval.mode)."
+    )
+    answer_mode: AnswerModeField = Field(
+        "generate",
+        description="`generate`: the LLM answers from the passages. `passages`: retrieval only, "
+        "the best passages with no LLM call.",
+    )
+    return_sources: bool = Field(True, description="Send the passages used as `sources`.")
+
+
+class Source(BaseModel):
+    index: int = Field(description="1-based; the answer cites it as [index].")
+    kb: str
+    doc_id: str = Field(description="Document id (sha256 of its bytes).")
+    filename: str
+    page: int | None = Field(None, description="PDF page (1-based) of the passage.")
+    heading_path: list[str] = Field(default_factory=list, description="Headings above it.")
+    chunk_id: str
+    chunk_index: int | None = None
+    score: float = Field(description="Search score on the 0-1 scale (reranker's when on).")
+    dense_score: float | None = Field(None, description="Cosine similarity (dense search).")
+    keyword_score: float | None = Field(None, description="Normalised BM25 (keyword search).")
+    text: str = Field(description="The passage as given to the model.")
+    start: int | None = Field(None, description="Character offset in the document's text.")
+    end: int | None = None
+    truncated: bool = Field(False, description="Cut at a sentence end to fit the context.")
+    relevant: bool | None = Field(
+        None, description="answer_mode=passages: whether it passes the relevance gate."
+    )
+
+
+class Timings(BaseModel):
+    retrieval_ms: float = Field(description="Search (embedding the query included).")
+    prompt_ms: float = Field(description="Fitting passages into the context budget.")
+    ttft_ms: float | None = Field(None, description="Request start to first answer token.")
+    generation_ms: float = Field(description="LLM time (queue wait, prefill, decoding).")
+    total_ms: float
+    tokens_per_s: float = Field(description="Answer tokens per second of generation.")
+
+
+class KBChatCompletionResponse(ChatCompletionResponse):
+    """A chat completion answered from knowledge bases."""
+
+    sources: list[Source] = Field(default_factory=list)
+    refused: bool = Field(
+        False, description="No passage passed the threshold: the fixed refusal, no LLM call."
+    )
+    grounded: bool = Field(True, description="False when answered by the model alone.")
+    timings: Timings | None = None
+
+
+class AskRequest(RagFields):
+    question: str = Field(min_length=1, examples=["三级系统的身份鉴别有哪些要求？"])
+    knowledge_bases: list[str] = Field(
+        default_factory=list, description="More knowledge bases searched with the one in the URL."
+    )
+    history: list[ChatMessageIn] = Field(
+        default_factory=list, description="Earlier turns (user/assistant) for a follow-up."
+    )
+    model: str | None = Field(None, description="Base model or adapter name (/v1/models).")
+    max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 or absent: greedy.")
+    seed: int | None = None
+
+
+class AskResponse(BaseModel):
+    answer: str
+    sources: list[Source]
+    refused: bool
+    grounded: bool
+    model: str
+    finish_reason: str
+    timings: Timings
+    usage: Usage

@@ -135,10 +135,24 @@ class SearchHitOut(BaseModel):
     metadata: dict[str, Any] = Field(
         description="kb, doc_id, filename, page, heading_path, chunk_index, chunk_id, start, end."
     )
+    dense_score: float | None = Field(
+        None, description="Cosine similarity of the dense search (null when it did not run)."
+    )
+    keyword_score: float | None = Field(
+        None,
+        description="bm25/(bm25+retrieval.keyword_score_half) of the keyword search (null when "
+        "it did not run; 0 when the chunk was outside its candidates).",
+    )
 
     @classmethod
     def of(cls, hit: SearchHit) -> SearchHitOut:
-        return cls(text=hit.text, score=hit.score, metadata=hit.metadata)
+        return cls(
+            text=hit.text,
+            score=hit.score,
+            metadata=hit.metadata,
+            dense_score=hit.dense_score,
+            keyword_score=hit.keyword_score,
+        )
 
 
 class SearchResponse(BaseModel):

@@ -1,0 +1,1 @@
+"""Retrieval-augmented answers: LangChain retriever, chat model and RetrievalQA chain."""

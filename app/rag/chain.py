@@ -1,0 +1,198 @@
+"""The RetrievalQA chain: retrieve -> fit passages into the context budget -> prompt -> LLM.
+
+Built with LangChain's LCEL ``create_retrieval_chain`` + ``create_stuff_documents_chain``
+rather than the legacy ``RetrievalQA`` class: RetrievalQA is deprecated, cannot stream
+the answer token by token next to its source documents, and takes a plain retriever, while
+``create_retrieval_chain`` accepts any runnable that returns documents (here: the retriever
+followed by the token-budget fit and numbering) and streams ``context`` before ``answer``,
+which is exactly the order the API sends them in. A ``RunnableBranch`` answers with the fixed
+refusal (no LLM call) or the model alone (fallback) when no passage passed the gate.
+
+Multi-turn: history is included in the prompt within the budget (newest messages first,
+up to ``rag.history_budget_share`` of it), and the retrieval query of a follow-up is the
+previous user question(s) plus the new one. Condensing the question with an LLM call was not
+chosen: it doubles the latency of every follow-up, and a small model condenses badly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from langchain_classic.chains import create_retrieval_chain
+from langchain_classic.chains.combine_documents import create_stuff_documents_chain
+from langchain_core.documents import Document
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import (
+    ChatPromptTemplate,
+    MessagesPlaceholder,
+    PromptTemplate,
+    format_document,
+)
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableBranch, RunnableLambda
+
+from app.settings.rag import RagSettings
+from ingest.splitter import split_sentences
+
+Language = Literal["zh", "en"]
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+SEPARATOR = "\n\n"
+
+
+def question_language(text: str, zh_ratio: float) -> Language:
+    """zh when CJK characters are at least ``zh_ratio`` of the letters."""
+    letters = _LETTER.findall(text)
+    if not letters:
+        return "en"
+    cjk = sum(1 for ch in letters if _CJK.match(ch))
+    return "zh" if cjk / len(letters) >= zh_ratio else "en"
+
+
+@dataclass
+class Prompts:
+    """The texts of one language."""
+
+    language: Language
+    prompt: str
+    passage: str
+    refusal: str
+
+    @classmethod
+    def of(cls, settings: RagSettings, language: Language) -> Prompts:
+        if language == "zh":
+            return cls("zh", settings.prompt_zh, settings.passage_zh, settings.refusal_zh)
+        return cls("en", settings.prompt_en, settings.passage_en, settings.refusal_en)
+
+    def document_prompt(self) -> PromptTemplate:
+        return PromptTemplate.from_template(self.passage.replace("{text}", "{page_content}"))
+
+
+def title_of(doc: Document) -> str:
+    path = [p for p in doc.metadata.get("heading_path") or [] if p]
+    name = str(doc.metadata.get("filename") or "")
+    return " > ".join(path) if path else name
+
+
+@dataclass
+class Budget:
+    """Token budget of one prompt: context window - answer budget - margin - fixed parts."""
+
+    count_tokens: Callable[[str], int]
+    context_length: int
+    answer_tokens: int
+    margin: int
+
+    def room(self, fixed: list[str]) -> int:
+        used = sum(self.count_tokens(t) for t in fixed if t)
+        return self.context_length - self.answer_tokens - self.margin - used
+
+    def fit_passages(
+        self, docs: list[Document], document_prompt: PromptTemplate, room: int
+    ) -> list[Document]:
+        """Passages in order while they fit; the first that does not fit is cut after its last
+        whole sentence that fits (never mid-sentence) or dropped; later ones are dropped."""
+        kept: list[Document] = []
+        for doc in docs:
+            cost = self.count_tokens(format_document(doc, document_prompt) + SEPARATOR)
+            if cost <= room:
+                kept.append(doc)
+                room -= cost
+                continue
+            cut = self._cut(doc, document_prompt, room)
+            if cut is not None:
+                kept.append(cut)
+            break
+        return kept
+
+    def _cut(self, doc: Document, document_prompt: PromptTemplate, room: int) -> Document | None:
+        spans = split_sentences(doc.page_content)
+        best: Document | None = None
+        low, high = 1, len(spans) - 1  # a proper prefix of whole sentences, binary searched
+        while low <= high:
+            mid = (low + high) // 2
+            text = doc.page_content[: spans[mid - 1][1]]
+            trial = Document(
+                page_content=text, metadata={**doc.metadata, "truncated": True}, id=doc.id
+            )
+            if self.count_tokens(format_document(trial, document_prompt) + SEPARATOR) <= room:
+                best, low = trial, mid + 1
+            else:
+                high = mid - 1
+        return best
+
+
+def number_documents(docs: list[Document]) -> list[Document]:
+    """Citation numbers 1..n in prompt order, and the title shown with each passage."""
+    for index, doc in enumerate(docs, start=1):
+        doc.metadata["index"] = index
+        doc.metadata["title"] = title_of(doc)
+    return docs
+
+
+@dataclass
+class ChainTimings:
+    retrieval_ms: float = 0.0
+    prompt_ms: float = 0.0
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+def build_rag_chain(
+    retriever: BaseRetriever,
+    llm: Runnable,
+    prompts: Prompts,
+    budget: Budget,
+    *,
+    system_prompt: str | None,
+    no_answer_policy: Literal["refuse", "fallback"],
+    timings: ChainTimings | None = None,
+) -> Runnable:
+    """The chain for one request. Input keys: ``input`` (the question as asked), ``query``
+    (what to retrieve with), ``history`` (LangChain messages, already fitted). Output keys
+    add ``context`` (the numbered passages used) and ``answer``."""
+    timings = timings if timings is not None else ChainTimings()
+    document_prompt = prompts.document_prompt()
+    head: list[Any] = [("system", system_prompt)] if system_prompt else []
+    qa_prompt = ChatPromptTemplate.from_messages(
+        [*head, MessagesPlaceholder("history"), ("human", prompts.prompt)]
+    )
+    plain_prompt = ChatPromptTemplate.from_messages(
+        [*head, MessagesPlaceholder("history"), ("human", "{input}")]
+    )
+
+    def fixed_texts(inputs: dict[str, Any]) -> list[str]:
+        shell = prompts.prompt.replace("{context}", "").replace("{question}", inputs["input"])
+        return [system_prompt or "", shell, *(m.text for m in inputs["history"])]
+
+    async def context(inputs: dict[str, Any]) -> list[Document]:
+        start = time.perf_counter()
+        docs = await retriever.ainvoke(inputs["query"])
+        fitted = time.perf_counter()
+        timings.retrieval_ms = (fitted - start) * 1000
+        # numbered before fitting (the count sees the text as sent); the kept passages are a
+        # prefix, so their numbers stay 1..n
+        docs = number_documents(docs)
+        docs = budget.fit_passages(docs, document_prompt, budget.room(fixed_texts(inputs)))
+        timings.prompt_ms = (time.perf_counter() - fitted) * 1000
+        return docs
+
+    def context_sync(inputs: dict[str, Any]) -> list[Document]:  # pragma: no cover
+        raise RuntimeError("the kbqa RAG chain runs asynchronously: use ainvoke/astream")
+
+    stuff = create_stuff_documents_chain(
+        llm,
+        qa_prompt,
+        document_prompt=document_prompt,
+        document_separator=SEPARATOR,
+    )
+    if no_answer_policy == "refuse":
+        nothing: Runnable = RunnableLambda(lambda _: prompts.refusal, name="refuse")
+    else:
+        nothing = (plain_prompt | llm | StrOutputParser()).with_config(run_name="fallback")
+    answer = RunnableBranch((lambda x: bool(x["context"]), stuff), nothing)
+    retrieval = RunnableLambda(context_sync, afunc=context, name="retrieve_and_fit")
+    return create_retrieval_chain(retrieval, answer)

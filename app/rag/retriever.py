@@ -1,0 +1,85 @@
+"""The knowledge-base retriever as a LangChain ``BaseRetriever``.
+
+Dense, keyword or hybrid search over one or more knowledge bases (each searched with the
+ingest service, merged by score), then optionally reranked by a cross-encoder, then the
+relevance gate: a passage is kept only when its dense similarity reaches ``min_dense_score``
+or its keyword score reaches ``min_keyword_score``. An empty result means "nothing in the
+knowledge bases answers this": the chain then refuses (or falls back) without the LLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from app.rag.reranker import CrossEncoderReranker
+from ingest.models import SearchHit, SearchMode
+
+
+def hit_to_document(hit: SearchHit) -> Document:
+    metadata = dict(hit.metadata)
+    metadata.update(score=hit.score, dense_score=hit.dense_score, keyword_score=hit.keyword_score)
+    return Document(page_content=hit.text, metadata=metadata, id=metadata.get("chunk_id"))
+
+
+class KnowledgeBaseRetriever(BaseRetriever):
+    """Chunks of one or more knowledge bases for a query, best first."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    kb_service: Any = Field(description="ingest.service.KnowledgeBaseService")
+    knowledge_bases: list[str] = Field(min_length=1)
+    top_k: int = Field(5, ge=1)
+    score_threshold: float = Field(0.0, ge=0, le=1)
+    search_mode: SearchMode = "hybrid"
+    min_dense_score: float = Field(0.0, ge=0, le=1)
+    min_keyword_score: float = Field(0.0, ge=0, le=1)
+    reranker: CrossEncoderReranker | None = None
+    rerank_candidates: int = Field(20, ge=1)
+
+    def relevant(self, doc: Document) -> bool:
+        """The relevance gate (both thresholds 0: every passage passes)."""
+        if self.min_dense_score <= 0 and self.min_keyword_score <= 0:
+            return True
+        dense = doc.metadata.get("dense_score")
+        keyword = doc.metadata.get("keyword_score")
+        return (
+            dense is not None and self.min_dense_score > 0 and dense >= self.min_dense_score
+        ) or (
+            keyword is not None and self.min_keyword_score > 0 and keyword >= self.min_keyword_score
+        )
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        take = max(self.top_k, self.rerank_candidates) if self.reranker else self.top_k
+        docs: list[Document] = []
+        for kb in dict.fromkeys(self.knowledge_bases):
+            hits = self.kb_service.search(kb, query, take, self.score_threshold, self.search_mode)
+            docs.extend(hit_to_document(h) for h in hits)
+        docs.sort(key=lambda d: -float(d.metadata["score"]))
+        if self.reranker is not None and docs:
+            docs = docs[:take]
+            for doc, score in zip(
+                docs, self.reranker.scores(query, [d.page_content for d in docs]), strict=True
+            ):
+                doc.metadata["retrieval_score"] = doc.metadata["score"]
+                doc.metadata["score"] = round(score, 6)
+            docs.sort(key=lambda d: -float(d.metadata["score"]))
+        return [d for d in docs if self.relevant(d)][: self.top_k]
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        # search is blocking (embedding, SQLite, Chroma): keep it off the event loop
+        return await asyncio.to_thread(
+            self._get_relevant_documents, query, run_manager=run_manager.get_sync()
+        )

@@ -1,0 +1,399 @@
+"""Answers over knowledge bases: the RetrievalQA chain behind the API and the eval.
+
+``RagService.stream`` yields events in the order the API sends them: ``sources`` (before any
+token: the numbered passages the answer may cite), ``token`` pieces, then ``done`` with the
+finish reason, token counts and timings. ``answer`` collects the same events, so streamed and
+whole answers are identical by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from app.llm.base import ChatMessage, GenerationParams
+from app.rag.chain import Budget, ChainTimings, Prompts, build_rag_chain, question_language
+from app.rag.chat_model import GenerationStats, KbqaChatModel
+from app.rag.retriever import KnowledgeBaseRetriever
+from app.services.chat import ChatService
+from app.settings.rag import RagSettings
+from ingest.models import SearchMode
+
+if TYPE_CHECKING:
+    from app.rag.reranker import CrossEncoderReranker
+    from app.settings import Settings
+    from ingest.service import KnowledgeBaseService
+
+AnswerMode = Literal["generate", "passages"]
+
+
+@dataclass
+class RagOptions:
+    """Per-request knobs; None takes the settings' default."""
+
+    top_k: int | None = None
+    score_threshold: float | None = None
+    search_mode: SearchMode | None = None
+    answer_mode: AnswerMode | None = None
+    return_sources: bool = True
+
+
+@dataclass
+class RagEvent:
+    kind: Literal["sources", "token", "done"]
+    text: str = ""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    refused: bool = False
+    grounded: bool = True
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RagAnswer:
+    answer: str
+    sources: list[dict[str, Any]]
+    refused: bool
+    grounded: bool
+    finish_reason: str
+    model: str
+    timings: dict[str, float]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def source_of(doc: Document) -> dict[str, Any]:
+    """The API shape of one passage (``index`` matches the [n] markers of the answer)."""
+    meta = doc.metadata
+    return {
+        "index": meta.get("index"),
+        "kb": meta.get("kb"),
+        "doc_id": meta.get("doc_id"),
+        "filename": meta.get("filename"),
+        "page": meta.get("page"),
+        "heading_path": list(meta.get("heading_path") or []),
+        "chunk_id": meta.get("chunk_id"),
+        "chunk_index": meta.get("chunk_index"),
+        "score": meta.get("score"),
+        "dense_score": meta.get("dense_score"),
+        "keyword_score": meta.get("keyword_score"),
+        "text": doc.page_content,
+        "start": meta.get("start"),
+        "end": meta.get("end"),
+        "truncated": bool(meta.get("truncated", False)),
+    }
+
+
+def to_lc_messages(history: list[ChatMessage]) -> list[BaseMessage]:
+    kinds = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
+    return [kinds[m.role](content=m.content) for m in history]
+
+
+class RagService:
+    def __init__(
+        self,
+        chat: ChatService,
+        kb: KnowledgeBaseService,
+        settings: RagSettings,
+        *,
+        default_top_k: int,
+        default_score_threshold: float,
+        default_mode: SearchMode,
+        default_max_tokens: int,
+        reranker: CrossEncoderReranker | None = None,
+    ) -> None:
+        self.chat = chat
+        self.kb = kb
+        self.settings = settings
+        self.default_top_k = default_top_k
+        self.default_score_threshold = default_score_threshold
+        self.default_mode = default_mode
+        self.default_max_tokens = default_max_tokens
+        self.reranker = reranker
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, chat: ChatService, kb: KnowledgeBaseService
+    ) -> RagService:
+        reranker = None
+        if settings.rag.reranker.model:
+            from app.rag.reranker import CrossEncoderReranker
+
+            r = settings.rag.reranker
+            reranker = CrossEncoderReranker(r.model or "", r.device, r.batch_size)
+        return cls(
+            chat,
+            kb,
+            settings.rag,
+            default_top_k=settings.rag.top_k or settings.retrieval.top_k,
+            default_score_threshold=(
+                settings.rag.score_threshold
+                if settings.rag.score_threshold is not None
+                else settings.retrieval.score_threshold
+            ),
+            default_mode=settings.retrieval.mode,
+            default_max_tokens=settings.rag.max_tokens or settings.llm.max_new_tokens,
+            reranker=reranker,
+        )
+
+    # ---------------------------------------------------------------------------- pieces
+    def retriever(
+        self, knowledge_bases: list[str], options: RagOptions, gate: bool = True
+    ) -> KnowledgeBaseRetriever:
+        return KnowledgeBaseRetriever(
+            kb_service=self.kb,
+            knowledge_bases=knowledge_bases,
+            top_k=options.top_k or self.default_top_k,
+            score_threshold=(
+                self.default_score_threshold
+                if options.score_threshold is None
+                else options.score_threshold
+            ),
+            search_mode=options.search_mode or self.default_mode,
+            min_dense_score=self.settings.min_dense_score if gate else 0.0,
+            min_keyword_score=self.settings.min_keyword_score if gate else 0.0,
+            reranker=self.reranker,
+            rerank_candidates=self.settings.reranker.candidates,
+        )
+
+    def retrieval_query(self, question: str, history: list[ChatMessage]) -> str:
+        turns = self.settings.history_query_turns
+        earlier = [m.content for m in history if m.role == "user"][-turns:] if turns else []
+        return "\n".join([*earlier, question])
+
+    def fit_history(
+        self, history: list[ChatMessage], budget: Budget, fixed: list[str]
+    ) -> list[ChatMessage]:
+        """The newest messages (at most ``history_turns``) that fit the history share."""
+        if not history or self.settings.history_turns == 0:
+            return []
+        room = int(budget.room(fixed) * self.settings.history_budget_share)
+        kept: list[ChatMessage] = []
+        for message in reversed(history[-self.settings.history_turns :]):
+            cost = budget.count_tokens(message.content)
+            if cost > room:
+                break
+            kept.append(message)
+            room -= cost
+        kept.reverse()
+        # a prompt must not start with an orphan assistant turn
+        while kept and kept[0].role == "assistant":
+            kept.pop(0)
+        return kept
+
+    # ------------------------------------------------------------------------------ API
+    async def answer(
+        self,
+        question: str,
+        knowledge_bases: list[str],
+        *,
+        history: list[ChatMessage] | None = None,
+        options: RagOptions | None = None,
+        params: GenerationParams | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+    ) -> RagAnswer:
+        text: list[str] = []
+        first = done = None
+        async for event in self.stream(
+            question,
+            knowledge_bases,
+            history=history,
+            options=options,
+            params=params,
+            model=model,
+            system_prompt=system_prompt,
+        ):
+            if event.kind == "sources":
+                first = event
+            elif event.kind == "token":
+                text.append(event.text)
+            else:
+                done = event
+        assert first is not None and done is not None
+        return RagAnswer(
+            answer="".join(text),
+            sources=first.sources,
+            refused=first.refused,
+            grounded=first.grounded,
+            finish_reason=done.finish_reason,
+            model=model or self.chat.llm.name,
+            timings=done.timings,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+        )
+
+    async def stream(
+        self,
+        question: str,
+        knowledge_bases: list[str],
+        *,
+        history: list[ChatMessage] | None = None,
+        options: RagOptions | None = None,
+        params: GenerationParams | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+    ) -> AsyncIterator[RagEvent]:
+        """Events of one answer. Every error a request can hit (unknown knowledge base or
+        model, no LLM, overload) is raised before the first token event."""
+        start = time.perf_counter()
+        options = options or RagOptions()
+        history = list(history or [])
+        if not question.strip():
+            raise ValueError("the question is empty")
+        if not knowledge_bases:
+            raise ValueError("name at least one knowledge base")
+        for name in knowledge_bases:
+            self.kb.get_kb(name)  # NotFoundError -> 404
+        prompts = Prompts.of(self.settings, question_language(question, self.settings.zh_ratio))
+        query = self.retrieval_query(question, history)
+        if (options.answer_mode or "generate") == "passages":
+            async for event in self._passages(query, knowledge_bases, options, prompts, start):
+                yield event
+            return
+        llm = self.chat.llm  # BackendUnavailableError -> 503
+        llm.resolve_model(model)  # ModelNotFoundError -> 404
+        params = params or GenerationParams(max_tokens=self.default_max_tokens)
+        system = system_prompt if system_prompt is not None else self.settings.system_prompt
+        budget = Budget(
+            llm.count_tokens,
+            llm.context_length(),
+            params.max_tokens,
+            self.settings.context_margin_tokens,
+        )
+        shell = prompts.prompt.replace("{context}", "").replace("{question}", question)
+        history = self.fit_history(history, budget, [system or "", shell])
+        stats = GenerationStats()
+        chat_model: Any = KbqaChatModel(
+            chat=self.chat,
+            model=model,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stats=stats,
+        )
+        if params.stop:
+            chat_model = chat_model.bind(stop=params.stop)
+        timings = ChainTimings()
+        chain = build_rag_chain(
+            self.retriever(knowledge_bases, options),
+            chat_model,
+            prompts,
+            budget,
+            system_prompt=system,
+            no_answer_policy=self.settings.no_answer_policy,
+            timings=timings,
+        )
+        inputs = {
+            "input": question,
+            "question": question,
+            "query": query,
+            "history": to_lc_messages(history),
+        }
+        refused = grounded = False
+        async for part in chain.astream(inputs):
+            if "context" in part:
+                docs: list[Document] = part["context"]
+                grounded = bool(docs)
+                refused = not docs and self.settings.no_answer_policy == "refuse"
+                yield RagEvent(
+                    "sources",
+                    sources=[source_of(d) for d in docs] if options.return_sources else [],
+                    refused=refused,
+                    grounded=grounded,
+                )
+            elif part.get("answer"):
+                yield RagEvent("token", text=part["answer"])
+        end = time.perf_counter()
+        ttft = (stats.first_token - start) * 1000 if stats.first_token else None
+        generation_ms = (
+            (stats.finished - stats.started) * 1000 if stats.finished and stats.started else 0.0
+        )
+        yield RagEvent(
+            "done",
+            refused=refused,
+            grounded=grounded,
+            finish_reason=stats.finish_reason or "stop",
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            timings=_timings(
+                timings.retrieval_ms,
+                timings.prompt_ms,
+                ttft,
+                generation_ms,
+                (end - start) * 1000,
+                stats.completion_tokens,
+            ),
+        )
+
+    async def _passages(
+        self,
+        query: str,
+        knowledge_bases: list[str],
+        options: RagOptions,
+        prompts: Prompts,
+        start: float,
+    ) -> AsyncIterator[RagEvent]:
+        """Retrieval only: the best passages, no LLM call (the gate is reported, not applied)."""
+        retriever = self.retriever(knowledge_bases, options, gate=False)
+        gate = self.retriever(knowledge_bases, options)
+        docs = await retriever.ainvoke(query)
+        retrieval_ms = (time.perf_counter() - start) * 1000
+        docs = docs[: self.settings.passages_max]
+        for index, doc in enumerate(docs, start=1):
+            doc.metadata["index"] = index
+            doc.metadata["relevant"] = gate.relevant(doc)
+        sources = [{**source_of(d), "relevant": d.metadata["relevant"]} for d in docs]
+        refused = not docs
+        yield RagEvent(
+            "sources", sources=sources if options.return_sources else [], refused=refused
+        )
+        if refused:
+            text = prompts.refusal
+        else:
+            document_prompt = prompts.document_prompt()
+            text = "\n\n".join(
+                document_prompt.format(
+                    page_content=d.page_content,
+                    index=d.metadata["index"],
+                    title=str(d.metadata.get("filename") or ""),
+                )
+                for d in docs
+            )
+        yield RagEvent("token", text=text)
+        total = (time.perf_counter() - start) * 1000
+        yield RagEvent(
+            "done",
+            refused=refused,
+            timings=_timings(retrieval_ms, 0.0, None, 0.0, total, 0),
+        )
+
+
+def _timings(
+    retrieval_ms: float,
+    prompt_ms: float,
+    ttft_ms: float | None,
+    generation_ms: float,
+    total_ms: float,
+    completion_tokens: int,
+) -> dict[str, float]:
+    out = {
+        "retrieval_ms": round(retrieval_ms, 2),
+        "prompt_ms": round(prompt_ms, 2),
+        "generation_ms": round(generation_ms, 2),
+        "total_ms": round(total_ms, 2),
+        "tokens_per_s": round(completion_tokens / (generation_ms / 1000), 2)
+        if generation_ms > 0 and completion_tokens
+        else 0.0,
+    }
+    if ttft_ms is not None:
+        out["ttft_ms"] = round(ttft_ms, 2)
+    return out
