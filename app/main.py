@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
 from app.api.router import api_router
+from app.api.routes import web
 from app.services.container import Services
 from app.settings import Settings, load_settings
 
@@ -57,4 +58,6 @@ def create_app(
         )
     install_error_handlers(app)
     app.include_router(api_router)
+    if settings.server.web:
+        app.include_router(web.router)
     return app

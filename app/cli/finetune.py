@@ -2,8 +2,345 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
 import typer
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from app.settings.finetune import FinetuneSettings
+
+finetune_app = typer.Typer(
+    help="LoRA supervised finetuning: SFT data, training, merging.", no_args_is_help=True
+)
+
+FinetuneConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Finetune config (YAML/JSON): hyperparameters at the top level or under "
+        "`finetune:`, over the settings (KBQA_CONFIG, KBQA_FINETUNE__*).",
+    ),
+]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory (settings data_dir).")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _settings(
+    config: Path | None, data_dir: Path | None, overrides: dict[str, Any] | None = None
+) -> tuple[Settings, FinetuneSettings]:
+    """The kbqa settings (env, KBQA_CONFIG), and their finetune section with the ``--config``
+    file over it and the command's flags (``overrides``, None values ignored) over that."""
+    from pydantic import ValidationError
+
+    from app.cli import settings_or_exit
+    from app.settings.finetune import FinetuneSettings
+    from finetune.config import ConfigError, deep_merge, load_finetune_config
+
+    settings = settings_or_exit(None, data_dir=data_dir)
+    try:
+        ft = load_finetune_config(config, settings.finetune)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+    given = _nested({k: v for k, v in (overrides or {}).items() if v is not None})
+    if given:
+        try:
+            ft = FinetuneSettings.model_validate(deep_merge(ft.model_dump(), given))
+        except ValidationError as exc:
+            raise _fail(str(exc)) from exc
+    return settings, ft
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        target = out
+        *parents, last = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[last] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def _kb_examples(
+    settings: Settings, kb: str, generate: bool, ft: FinetuneSettings
+) -> tuple[list[Any], int]:
+    """Knowledge-injection examples of a knowledge base (+ LLM-written QA pairs), skipped count."""
+    from finetune.kb import chunk_examples, read_chunks
+    from ingest.errors import IngestError
+    from ingest.service import KnowledgeBaseService
+
+    service = KnowledgeBaseService.from_settings(settings)
+    try:
+        chunks = read_chunks(service, kb)
+    except IngestError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        service.close()
+    if not chunks:
+        raise _fail(f"knowledge base {kb!r} has no ready chunks; ingest documents first")
+    examples = chunk_examples(chunks, ft.data)
+    if not generate:
+        return examples, 0
+    generated = _generate_qa(settings, chunks, ft)
+    return examples + generated.examples, generated.skipped
+
+
+def _generate_qa(settings: Settings, chunks: list[Any], ft: FinetuneSettings) -> Any:
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from app.llm.base import ChatMessage, GenerationParams, LLMError
+    from app.services.factory import build_llm
+    from finetune.kb import generate_qa
+
+    loop = asyncio.new_event_loop()
+    try:
+        try:
+            llm = loop.run_until_complete(build_llm(settings))
+        except (LLMError, OSError, ImportError) as exc:
+            raise _fail(f"--generate-qa: the configured LLM did not load: {exc}") from exc
+        if llm is None:
+            raise _fail("--generate-qa needs an LLM: llm.backend is `none`")
+        params = GenerationParams(max_tokens=ft.data.generate_qa_max_tokens, temperature=0.0)
+
+        def ask(prompt: str) -> str:
+            messages = [ChatMessage("user", prompt)]
+            return loop.run_until_complete(llm.complete(messages, params)).text
+
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("pairs {task.fields[kept]}  skipped {task.fields[skipped]}"),
+        ) as progress:
+            task = progress.add_task("generate-qa", total=len(chunks), kept=0, skipped=0)
+            totals = {"kept": 0, "skipped": 0}
+
+            def on_chunk(kept: int, skipped: int) -> None:
+                totals["kept"] += kept
+                totals["skipped"] += skipped
+                progress.update(task, advance=1, kept=totals["kept"], skipped=totals["skipped"])
+
+            result = generate_qa(chunks, ask, ft.data, on_chunk)
+        llm.close()
+        return result
+    finally:
+        loop.close()
+
+
+@finetune_app.command("data")
+def data_cmd(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="QA (question, answers, source), alpaca (instruction, input, output) or "
+            "conversations/messages files: JSONL, or a JSON list."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Train JSONL to write.")] = Path(
+        "train.jsonl"
+    ),
+    kb: Annotated[
+        str | None,
+        typer.Option(help="Also use this knowledge base: its chunks as knowledge examples."),
+    ] = None,
+    generate_qa: Annotated[
+        bool,
+        typer.Option("--generate-qa", help="With --kb: QA pairs written by the configured LLM."),
+    ] = False,
+    holdout: Annotated[
+        float | None,
+        typer.Option(help="Fraction held out as a test split (written as <out>.holdout.jsonl)."),
+    ] = None,
+    holdout_by: Annotated[
+        str | None, typer.Option(help="Holdout unit: question or source (document).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the holdout split.")] = None,
+    config: FinetuneConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Build SFT examples (JSONL) from QA/alpaca/conversations files and/or a knowledge base."""
+    from app.cli import setup_logging
+    from finetune.data import DataError, build_dataset
+
+    if not inputs and not kb:
+        raise _fail("give input files, --kb NAME, or both")
+    if generate_qa and not kb:
+        raise _fail("--generate-qa needs --kb")
+    settings, ft = _settings(
+        config,
+        data_dir,
+        {"data.holdout": holdout, "data.holdout_by": holdout_by, "data.holdout_seed": seed},
+    )
+    setup_logging("warning")
+    extra, skipped = _kb_examples(settings, kb, generate_qa, ft) if kb else ([], 0)
+    try:
+        report = build_dataset(
+            list(inputs or []),
+            out,
+            holdout=ft.data.holdout,
+            holdout_by=ft.data.holdout_by,
+            holdout_seed=ft.data.holdout_seed,
+            extra=extra,
+        )
+    except DataError as exc:
+        raise _fail(str(exc)) from exc
+    line = f"train={report.train} out={report.train_path}"
+    if report.holdout_path is not None:
+        line += f" holdout={report.holdout} holdout_out={report.holdout_path}"
+    if kb:
+        line += f" kb_examples={len(extra)}"
+    if generate_qa:
+        line += f" generated_skipped={skipped}"
+    typer.echo(line)
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+@finetune_app.command("train")
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory of the run.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Base model reference (dir, hub id, packaged name); default llm.model."),
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Train JSONL (kbqa finetune data).")] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option("--eval", help="Dev JSONL: eval loss during training.")
+    ] = None,
+    config: FinetuneConfigOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Override max_steps (> 0 beats epochs).")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Override epochs.")] = None,
+    progress: Annotated[
+        bool, typer.Option(help="Progress bar (else key=value log lines per logging step).")
+    ] = True,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train a LoRA adapter on SFT examples (transformers Trainer + peft); Ctrl-C saves a
+    resumable checkpoint."""
+    from app.cli import setup_logging
+    from app.llm.base import LLMError
+    from finetune.config import ConfigError
+    from finetune.data import DataError
+    from finetune.train import TrainError, train
+
+    updates = {k: v for k, v in {"max_steps": max_steps, "epochs": epochs}.items() if v is not None}
+    settings, ft = _settings(config, data_dir, updates)
+    if not resume and data is None:
+        raise _fail("--data is required (except with --resume)")
+    setup_logging("warning" if progress else "info")
+    callbacks: list[Any] = []
+    if progress:
+        from finetune.progress import RichProgressCallback
+
+        callbacks.append(RichProgressCallback())
+    try:
+        result = train(
+            model=model or (None if resume else settings.llm.model),
+            data=data,
+            eval_data=eval_data,
+            out=out,
+            settings=ft,
+            models_dir=settings.resolved_models_dir,
+            resume=resume,
+            prompt_template=settings.llm.prompt_template,
+            callbacks=callbacks,
+            overrides=updates if resume else None,
+        )
+    except (TrainError, ConfigError, DataError, LLMError) as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        for callback in callbacks:
+            callback.close()
+    if result.interrupted:
+        typer.echo(
+            f"interrupted at step {result.global_step}; checkpoint={result.checkpoint}\n"
+            f"continue with: kbqa finetune train --out {out} --resume"
+        )
+        raise typer.Exit(130)
+    m = result.metrics
+    typer.echo(
+        f"adapter={out} steps={result.global_step} train_loss={_fmt(m.get('train_loss_mean'))} "
+        f"eval_loss={_fmt(m.get('final_eval_loss'))} "
+        f"samples_per_s={_fmt(m.get('train_samples_per_second'))} "
+        f"runtime_s={_fmt(m.get('train_runtime_s'))} "
+        f"peak_rss_mb={(m.get('peak_rss_bytes') or 0) / 2**20:.0f} skipped={result.skipped}"
+    )
+    typer.echo(f"serve it with: KBQA_LLM__ADAPTERS={out.name}={out.resolve()} kbqa serve")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
+# ----------------------------------------------------------------------------------- merge
+
+
+@finetune_app.command("merge")
+def merge_cmd(
+    adapter: Annotated[Path, typer.Option(help="Adapter directory (kbqa finetune train --out).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory of the merged model.")],
+    model: Annotated[
+        str | None, typer.Option(help="Base model reference; default: the one trained on.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="auto, float32, float16 or bfloat16 (merge_dtype).")
+    ] = None,
+    config: FinetuneConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Fold a LoRA adapter into its base model: a plain model directory (for vLLM)."""
+    import yaml
+
+    from app.cli import setup_logging
+    from app.llm.base import LLMError
+    from finetune.merge import MergeError, merge_adapter
+    from finetune.train import CONFIG_FILE
+
+    settings, ft = _settings(config, data_dir)
+    setup_logging("info")
+    if model is None and (adapter / CONFIG_FILE).is_file():
+        saved = yaml.safe_load((adapter / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        model = saved.get("model")
+    if model is None:
+        raise _fail("--model is required (the adapter dir does not say which model it trained)")
+    chosen = dtype or ft.merge_dtype
+    if chosen not in {"auto", "float32", "float16", "bfloat16"}:
+        raise _fail(f"--dtype must be auto, float32, float16 or bfloat16, not {chosen!r}")
+    merge_dtype: Literal["auto", "float32", "float16", "bfloat16"] = chosen  # type: ignore[assignment]
+    try:
+        result = merge_adapter(
+            model=model,
+            adapter=adapter,
+            out=out,
+            models_dir=settings.resolved_models_dir,
+            dtype=merge_dtype,
+        )
+    except (MergeError, LLMError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"merged={result.out} base={model} dtype={result.dtype} seconds={result.seconds:.0f}"
+    )
+    typer.echo(f"serve it with vLLM: vllm serve {result.out}  (or kbqa serve --model {result.out})")
 
 
 def register(cli: typer.Typer) -> None:
     """Add the ``finetune`` sub-app to the CLI."""
+    cli.add_typer(finetune_app, name="finetune")

@@ -88,6 +88,11 @@ class LLMBackend(abc.ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens of a plain text in the model's own tokenizer (an estimate for remote ones)."""
 
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        """Tokens of ``messages`` as the model sees them, chat template included. This
+        default estimates the template's cost per message; local backends render it."""
+        return sum(self.count_tokens(m.content) + 4 for m in messages) + 3
+
     @abc.abstractmethod
     async def complete(
         self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None

@@ -208,6 +208,9 @@ class TransformersBackend(LLMBackend):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        return len(encode_prompt(self.tokenizer, self.render(messages)))
+
     def render(self, messages: list[ChatMessage]) -> str:
         return render_prompt(self.tokenizer, messages, self.chat_template)
 

@@ -35,6 +35,7 @@ from langchain_core.prompts import (
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableBranch, RunnableLambda
 
+from app.llm.base import ChatMessage
 from app.settings.rag import RagSettings
 from ingest.splitter import split_sentences
 
@@ -83,12 +84,15 @@ class Budget:
     """Token budget of one prompt: context window - answer budget - margin - fixed parts."""
 
     count_tokens: Callable[[str], int]
+    count_prompt: Callable[[list[ChatMessage]], int]
     context_length: int
     answer_tokens: int
     margin: int
 
-    def room(self, fixed: list[str]) -> int:
-        used = sum(self.count_tokens(t) for t in fixed if t)
+    def room(self, fixed: list[ChatMessage]) -> int:
+        """Tokens left for passages once ``fixed`` (rendered with the chat template: system
+        prompt, history, the prompt without passages) and the answer budget are counted."""
+        used = self.count_prompt(fixed)
         return self.context_length - self.answer_tokens - self.margin - used
 
     def fit_passages(
@@ -126,6 +130,15 @@ class Budget:
         return best
 
 
+def shell_messages(
+    prompts: Prompts, question: str, system_prompt: str | None, history: list[ChatMessage]
+) -> list[ChatMessage]:
+    """The prompt's messages without passages: what the budget counts as fixed."""
+    shell = prompts.prompt.replace("{context}", "").replace("{question}", question)
+    head = [ChatMessage("system", system_prompt)] if system_prompt else []
+    return [*head, *history, ChatMessage("user", shell)]
+
+
 def number_documents(docs: list[Document]) -> list[Document]:
     """Citation numbers 1..n in prompt order, and the title shown with each passage."""
     for index, doc in enumerate(docs, start=1):
@@ -151,8 +164,9 @@ def build_rag_chain(
     no_answer_policy: Literal["refuse", "fallback"],
     timings: ChainTimings | None = None,
 ) -> Runnable:
-    """The chain for one request. Input keys: ``input`` (the question as asked), ``query``
-    (what to retrieve with), ``history`` (LangChain messages, already fitted). Output keys
+    """The chain for one request. Input keys: ``input`` and ``question`` (the question as
+    asked), ``query`` (what to retrieve with), ``history`` (LangChain messages, already
+    fitted) and ``chat_history`` (the same as kbqa messages, for the budget). Output keys
     add ``context`` (the numbered passages used) and ``answer``."""
     timings = timings if timings is not None else ChainTimings()
     document_prompt = prompts.document_prompt()
@@ -164,9 +178,8 @@ def build_rag_chain(
         [*head, MessagesPlaceholder("history"), ("human", "{input}")]
     )
 
-    def fixed_texts(inputs: dict[str, Any]) -> list[str]:
-        shell = prompts.prompt.replace("{context}", "").replace("{question}", inputs["input"])
-        return [system_prompt or "", shell, *(m.text for m in inputs["history"])]
+    def fixed_messages(inputs: dict[str, Any]) -> list[ChatMessage]:
+        return shell_messages(prompts, inputs["input"], system_prompt, inputs["chat_history"])
 
     async def context(inputs: dict[str, Any]) -> list[Document]:
         start = time.perf_counter()
@@ -176,7 +189,7 @@ def build_rag_chain(
         # numbered before fitting (the count sees the text as sent); the kept passages are a
         # prefix, so their numbers stay 1..n
         docs = number_documents(docs)
-        docs = budget.fit_passages(docs, document_prompt, budget.room(fixed_texts(inputs)))
+        docs = budget.fit_passages(docs, document_prompt, budget.room(fixed_messages(inputs)))
         timings.prompt_ms = (time.perf_counter() - fitted) * 1000
         return docs
 

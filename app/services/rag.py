@@ -17,7 +17,14 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from app.llm.base import ChatMessage, GenerationParams
-from app.rag.chain import Budget, ChainTimings, Prompts, build_rag_chain, question_language
+from app.rag.chain import (
+    Budget,
+    ChainTimings,
+    Prompts,
+    build_rag_chain,
+    question_language,
+    shell_messages,
+)
 from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.services.chat import ChatService
@@ -169,7 +176,7 @@ class RagService:
         return "\n".join([*earlier, question])
 
     def fit_history(
-        self, history: list[ChatMessage], budget: Budget, fixed: list[str]
+        self, history: list[ChatMessage], budget: Budget, fixed: list[ChatMessage]
     ) -> list[ChatMessage]:
         """The newest messages (at most ``history_turns``) that fit the history share."""
         if not history or self.settings.history_turns == 0:
@@ -177,7 +184,7 @@ class RagService:
         room = int(budget.room(fixed) * self.settings.history_budget_share)
         kept: list[ChatMessage] = []
         for message in reversed(history[-self.settings.history_turns :]):
-            cost = budget.count_tokens(message.content)
+            cost = budget.count_tokens(message.content) + 4  # + the template's turn markers
             if cost > room:
                 break
             kept.append(message)
@@ -264,12 +271,12 @@ class RagService:
         system = system_prompt if system_prompt is not None else self.settings.system_prompt
         budget = Budget(
             llm.count_tokens,
+            llm.count_prompt_tokens,
             llm.context_length(),
             params.max_tokens,
             self.settings.context_margin_tokens,
         )
-        shell = prompts.prompt.replace("{context}", "").replace("{question}", question)
-        history = self.fit_history(history, budget, [system or "", shell])
+        history = self.fit_history(history, budget, shell_messages(prompts, question, system, []))
         stats = GenerationStats()
         chat_model: Any = KbqaChatModel(
             chat=self.chat,
@@ -297,6 +304,7 @@ class RagService:
             "question": question,
             "query": query,
             "history": to_lc_messages(history),
+            "chat_history": history,
         }
         refused = grounded = False
         async for part in chain.astream(inputs):

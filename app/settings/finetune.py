@@ -29,13 +29,28 @@ class FinetuneDataSettings(Section):
     kb_question_template: str = Field(
         "What does {title} say?",
         description="Knowledge-injection question for a knowledge-base chunk; `{title}` is the "
-        "chunk's heading when it has one, else its document name.",
+        "chunk's heading path when it has one, else its document name (`{document}` and "
+        "`{heading}` are available too).",
+    )
+    kb_part_template: str = Field(
+        " (part {part} of {parts})",
+        description="Appended to the question when several chunks share one title, so that "
+        "every knowledge-injection question has one answer.",
     )
     generate_qa_per_chunk: int = Field(
         3, ge=1, description="`--generate-qa`: question/answer pairs asked of the LLM per chunk."
     )
     generate_qa_max_tokens: int = Field(
         384, gt=0, description="`--generate-qa`: answer budget of the LLM call for one chunk."
+    )
+    generate_qa_prompt: str = Field(
+        "Write {n} questions that the following passage answers, each with a short answer "
+        "taken from the passage. Reply with one JSON object per line, exactly like "
+        '{{"question": "...", "answer": "..."}}, and nothing else.\n\n'
+        "Passage ({title}):\n{text}",
+        description="`--generate-qa`: the user message sent to the configured LLM per chunk; "
+        "`{n}`, `{title}` and `{text}` are filled in. Replies are read as JSON lines (or "
+        "`Q:`/`A:` lines); pairs that do not parse or whose answer is empty are skipped.",
     )
 
 
@@ -102,6 +117,11 @@ class FinetuneSettings(Section):
         None,
         description="System message prepended to every example that has none (use the same "
         "one the service sends at inference; None: the chat template's own default).",
+    )
+    merge_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="`kbqa finetune merge`: dtype of the merged weights; auto keeps the base "
+        "model's stored dtype (vLLM serves float16/bfloat16 best).",
     )
     data: FinetuneDataSettings = Field(
         default_factory=FinetuneDataSettings,  # type: ignore[arg-type]

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         description="Knowledge-base answers: prompts, context budget, refusal, reranker.",
     )
     eval: EvalSettings = Field(
-        default_factory=EvalSettings,
+        default_factory=EvalSettings,  # type: ignore[arg-type]
         description="`kbqa eval compare` defaults.",
     )
 

@@ -20,3 +20,8 @@ class ServerSettings(Section):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (empty: same origin only)."
     )
+    web: bool = Field(
+        True,
+        description="Serve the web page (chat with sources, knowledge bases, uploads) at `/`. "
+        "The page is static; its API calls need the API key like any other client.",
+    )

@@ -1,0 +1,266 @@
+"""Knowledge-base answers on a live uvicorn server with the packaged SmolLM2 and the packaged
+embedding model: sources, refusal without an LLM call, stream = non-stream, stability,
+several KBs, history, passages mode, and the openai SDK / LangChain ChatOpenAI as clients."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.settings import load_settings
+
+EN_DOCS = {
+    "eiffel.md": "# Eiffel Tower\nThe Eiffel Tower in Paris was completed in 1889. It is 330 "
+    "metres tall and was built by the company of Gustave Eiffel.\n\n# Louvre\nThe Louvre "
+    "in Paris is the most visited museum in the world. It houses the Mona Lisa.\n",
+    "rivers.txt": "The Nile is the longest river in Africa, about 6650 kilometres long. "
+    "The Amazon in South America carries more water than any other river.",
+}
+ZH_DOCS = {
+    "dengbao.md": "# 等级保护\n## 身份鉴别\n应对登录的用户进行身份标识和鉴别，身份标识具有唯一性，"
+    "身份鉴别信息具有复杂度要求并定期更换。\n## 访问控制\n应对登录的用户分配账户和权限，"
+    "应重命名或删除默认账户，修改默认账户的默认口令。\n",
+    "panda.txt": "大熊猫以竹子为食，主要生活在四川、陕西和甘肃的山林里。"
+    "成年大熊猫每天要吃十二公斤以上的竹子。",
+}
+EN_Q = "How tall is the Eiffel Tower?"
+OFF_TOPIC = "Qu'est-ce que la photosynthèse des cactus?"
+
+
+class GenerationSpy:
+    """Counts the generations the real backend runs (wraps its methods, changes nothing)."""
+
+    def __init__(self, llm: Any) -> None:
+        self.calls = 0
+        original = llm.stream
+
+        def stream(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        llm.stream = stream
+
+
+def _ingest(client: httpx.Client, kb: str, docs: dict[str, str]) -> None:
+    assert client.post("/v1/knowledge_bases", json={"name": kb}).status_code == 201
+    files = [("files", (name, text.encode())) for name, text in docs.items()]
+    response = client.post(f"/v1/knowledge_bases/{kb}/documents", files=files)
+    assert response.status_code == 202, response.text
+    for item in response.json()["data"]:
+        deadline = time.monotonic() + 300
+        while True:
+            job = client.get(f"/v1/jobs/{item['job']['id']}").json()
+            if job["state"] in {"succeeded", "failed"}:
+                assert job["state"] == "succeeded", job
+                break
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any
+) -> Iterator[Any]:
+    tmp = tmp_path_factory.mktemp("rag")
+    settings = load_settings(
+        **{
+            "data_dir": tmp / "data",
+            "models_dir": models_dir,
+            "llm.max_new_tokens": 16,
+            "llm.max_concurrency": 1,
+            "ingest.chunk_size": 120,
+            "ingest.chunk_overlap": 10,
+        }
+    )
+    app = create_app(settings)
+    with live_server_factory(app) as live:
+        live.spy = GenerationSpy(app.state.services.llm)
+        live.settings = settings
+        with httpx.Client(base_url=live.url, timeout=300) as client:
+            _ingest(client, "en", EN_DOCS)
+            _ingest(client, "zh", ZH_DOCS)
+        yield live
+
+
+@pytest.fixture()
+def client(server: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=300) as c:
+        yield c
+
+
+def _ask(client: httpx.Client, kb: str, question: str, **extra: Any) -> dict[str, Any]:
+    response = client.post(f"/v1/knowledge_bases/{kb}/ask", json={"question": question, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _sse(response: httpx.Response) -> list[dict[str, Any]]:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            events.append(json.loads(line[6:]))
+    return events
+
+
+def test_answer_cites_the_right_passage_first(client: httpx.Client) -> None:
+    answer = _ask(client, "en", EN_Q)
+    first = answer["sources"][0]
+    assert first["index"] == 1 and first["filename"] == "eiffel.md"
+    assert first["heading_path"] == ["Eiffel Tower"] and "330 metres" in first["text"]
+    assert first["kb"] == "en" and first["chunk_id"].startswith(first["doc_id"])
+    assert [s["index"] for s in answer["sources"]] == list(range(1, len(answer["sources"]) + 1))
+    assert not answer["refused"] and answer["grounded"] and answer["answer"].strip()
+    timings = answer["timings"]
+    assert timings["retrieval_ms"] > 0 and timings["generation_ms"] > 0
+    assert timings["ttft_ms"] <= timings["total_ms"]
+    assert answer["usage"]["completion_tokens"] > 0
+
+
+def test_chinese_question_finds_the_clause(client: httpx.Client) -> None:
+    answer = _ask(client, "zh", "登录用户的身份鉴别有什么要求？")
+    assert answer["sources"][0]["filename"] == "dengbao.md"
+    assert answer["sources"][0]["heading_path"][-1] == "身份鉴别"
+    panda = _ask(client, "zh", "大熊猫每天要吃多少竹子？")
+    assert panda["sources"][0]["filename"] == "panda.txt"
+
+
+def test_off_topic_question_is_refused_without_the_llm(server: Any, client: httpx.Client) -> None:
+    before = server.spy.calls
+    answer = _ask(client, "en", OFF_TOPIC)
+    assert answer["refused"] is True and answer["sources"] == []
+    assert answer["answer"] == server.settings.rag.refusal_en
+    assert answer["usage"]["completion_tokens"] == 0
+    zh = _ask(client, "zh", "怎样在家里烤制法式长棍面包？")
+    assert zh["refused"] is True and zh["answer"] == server.settings.rag.refusal_zh
+    # the same through the OpenAI route, streamed: a normal answer flagged as refused
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "knowledge_base": "en",
+            "stream": True,
+            "messages": [{"role": "user", "content": OFF_TOPIC}],
+        },
+    ) as response:
+        assert response.status_code == 200
+        events = _sse(response)
+    assert events[0]["refused"] is True and events[0]["sources"] == []
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert text == server.settings.rag.refusal_en
+    assert server.spy.calls == before
+
+
+def test_stream_equals_non_stream_and_repeats_are_identical(
+    server: Any, client: httpx.Client
+) -> None:
+    body = {"knowledge_base": ["en"], "messages": [{"role": "user", "content": EN_Q}]}
+    answers = []
+    for _ in range(5):
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+    texts = {a["choices"][0]["message"]["content"] for a in answers}
+    assert len(texts) == 1, texts
+    whole = answers[0]
+    assert whole["sources"][0]["filename"] == "eiffel.md" and whole["refused"] is False
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        events = _sse(response)
+    first, last = events[0], events[-1]
+    assert first["choices"][0]["delta"]["role"] == "assistant"
+    assert [s["chunk_id"] for s in first["sources"]] == [s["chunk_id"] for s in whole["sources"]]
+    streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert streamed == whole["choices"][0]["message"]["content"]
+    assert last["choices"][0]["finish_reason"] in {"stop", "length"}
+    assert last["usage"] == whole["usage"] and "ttft_ms" in last["timings"]
+
+
+def test_two_knowledge_bases_together(client: httpx.Client) -> None:
+    answer = _ask(client, "en", "大熊猫每天要吃多少竹子？", knowledge_bases=["zh"], top_k=3)
+    assert answer["sources"][0]["kb"] == "zh" and answer["sources"][0]["filename"] == "panda.txt"
+    english = _ask(client, "zh", EN_Q, knowledge_bases=["en"])
+    assert english["sources"][0]["kb"] == "en"
+
+
+def test_follow_up_uses_history(client: httpx.Client) -> None:
+    alone = _ask(client, "en", "And when was it completed?", answer_mode="passages", top_k=1)
+    history = [
+        {"role": "user", "content": EN_Q},
+        {"role": "assistant", "content": "It is 330 metres tall [1]."},
+    ]
+    follow = _ask(client, "en", "And when was it completed?", history=history)
+    assert follow["sources"][0]["filename"] == "eiffel.md" and not follow["refused"]
+    assert (
+        alone["sources"] == []
+        or alone["sources"][0]["text"] != follow["sources"][0]["text"]
+        or (alone["sources"][0]["relevant"] is False)
+    )
+    plain = _ask(client, "en", "And when was it completed? Eiffel Tower")
+    # the earlier turns are in the prompt: more prompt tokens than the question alone
+    assert follow["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+
+
+def test_passages_mode_calls_no_llm(server: Any, client: httpx.Client) -> None:
+    before = server.spy.calls
+    answer = _ask(client, "en", EN_Q, answer_mode="passages", top_k=2)
+    assert answer["sources"][0]["filename"] == "eiffel.md" and len(answer["sources"]) == 2
+    assert answer["answer"].startswith("[1]") and "330 metres" in answer["answer"]
+    assert answer["sources"][0]["relevant"] is True
+    assert server.spy.calls == before
+
+
+def test_errors_keep_their_status(client: httpx.Client) -> None:
+    msg = [{"role": "user", "content": EN_Q}]
+    missing = client.post("/v1/chat/completions", json={"knowledge_base": "nope", "messages": msg})
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
+    streamed = client.post(
+        "/v1/chat/completions",
+        json={"knowledge_base": "en", "model": "nope", "stream": True, "messages": msg},
+    )
+    assert streamed.status_code == 404 and streamed.json()["error"]["code"] == "model_not_found"
+    last_not_user = [*msg, {"role": "assistant", "content": "x"}]
+    bad = client.post(
+        "/v1/chat/completions", json={"knowledge_base": "en", "messages": last_not_user}
+    )
+    assert bad.status_code == 400
+    assert client.post("/v1/knowledge_bases/en/ask", json={"question": ""}).status_code == 422
+
+
+def test_openai_sdk_and_langchain_clients(server: Any) -> None:
+    from langchain_openai import ChatOpenAI
+    from openai import OpenAI
+
+    sdk = OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=300)
+    reply = sdk.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": EN_Q}],
+        extra_body={"knowledge_base": "en", "top_k": 2},
+    )
+    extra = reply.model_extra or {}
+    assert extra["sources"][0]["filename"] == "eiffel.md" and len(extra["sources"]) <= 2
+    stream = sdk.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": EN_Q}],
+        extra_body={"knowledge_base": "en", "top_k": 2},
+        stream=True,
+    )
+    chunks = list(stream)
+    assert (chunks[0].model_extra or {})["sources"][0]["filename"] == "eiffel.md"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == reply.choices[0].message.content
+
+    chat = ChatOpenAI(
+        base_url=f"{server.url}/v1",
+        api_key="unused",  # type: ignore[arg-type]
+        model="smollm2-135m-instruct",
+        temperature=0,
+        extra_body={"knowledge_base": "en", "top_k": 2},
+    )
+    assert chat.invoke(EN_Q).content == reply.choices[0].message.content

@@ -1,0 +1,183 @@
+"""The RAG pieces in process: language choice, the context budget with the model's own
+tokenizer, the fallback policy, and the cross-encoder reranker (a tiny one built here)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+from langchain_core.documents import Document
+
+from app.llm.base import ChatMessage
+from app.rag.chain import Budget, Prompts, number_documents, question_language
+from app.settings import load_settings
+from ingest.splitter import split_sentences
+
+LONG = (
+    "The first sentence talks about towers. The second sentence talks about bridges! "
+    "Does the third sentence ask a question? The fourth sentence ends the passage."
+)
+
+
+def test_question_language() -> None:
+    assert question_language("等级保护2.0有几个级别？", 0.2) == "zh"
+    assert question_language("What does GB/T 22239 say about 身份鉴别?", 0.2) == "en"
+    assert question_language("GB/T 22239 的身份鉴别要求", 0.2) == "zh"
+    assert question_language("2019", 0.2) == "en"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(models_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    from app.llm.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct", models_dir).path)
+
+
+def test_budget_never_overflows_nor_cuts_mid_sentence(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    settings = load_settings()
+    prompts = Prompts.of(settings.rag, "en")
+    template = prompts.document_prompt()
+    docs = number_documents(
+        [Document(page_content=LONG, metadata={"filename": f"d{i}.txt"}) for i in range(4)]
+    )
+    one = count(template.format(page_content=LONG, index=1, title="d0.txt") + "\n\n")
+    # room for two whole passages and a half: the third is cut at a sentence end, the fourth
+    # dropped
+    room = 2 * one + one // 2
+
+    def count_prompt(messages: list[ChatMessage]) -> int:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages], tokenize=False
+        )
+        return count(rendered)
+
+    budget = Budget(count, count_prompt, context_length=10_000, answer_tokens=100, margin=0)
+    kept = budget.fit_passages(docs, template, room)
+    used = sum(
+        count(template.format(page_content=d.page_content, **_meta(d)) + "\n\n") for d in kept
+    )
+    assert used <= room
+    assert [d.metadata["index"] for d in kept] == [1, 2, 3]
+    cut = kept[2]
+    assert cut.metadata["truncated"] is True and len(cut.page_content) < len(LONG)
+    ends = [end for _, end in split_sentences(LONG)]
+    assert len(cut.page_content) in ends  # a whole number of sentences
+    fixed = [ChatMessage("user", "x" * 50)]
+    assert budget.room(fixed) == 10_000 - 100 - count_prompt(fixed)
+    assert count_prompt(fixed) > count("x" * 50) + 10  # SmolLM2's template adds a system turn
+    # nothing fits: nothing is sent, rather than a passage cut mid-sentence
+    assert budget.fit_passages(docs, template, 3) == []
+
+
+def _meta(doc: Document) -> dict:
+    return {"index": doc.metadata["index"], "title": doc.metadata["title"]}
+
+
+def test_fallback_policy_and_context_limit(models_dir: Path, tmp_path: Path) -> None:
+    """`fallback`: no passage passes -> the model answers alone, flagged not grounded; a small
+    context window keeps prompt + answer inside it."""
+    from app.services.factory import build_services
+
+    settings = load_settings(
+        **{
+            "data_dir": tmp_path,
+            "models_dir": models_dir,
+            "llm.max_new_tokens": 8,
+            "llm.context_length": 160,
+            "ingest.workers": 0,
+            "ingest.chunk_size": 300,
+            "ingest.chunk_overlap": 10,
+            "rag.no_answer_policy": "fallback",
+        }
+    )
+
+    async def run() -> None:
+        services = await build_services(settings)
+        try:
+            assert services.kb is not None and services.rag is not None
+            services.kb.create_kb("k")
+            services.kb.upload("k", "towers.txt", (LONG + " ").encode() * 6)
+            services.kb.run_pending(max_jobs=5)
+            off = await services.rag.answer("Qu'est-ce que la photosynthèse?", ["k"])
+            assert off.refused is False and off.grounded is False and off.sources == []
+            assert off.completion_tokens > 0 and off.answer
+            on = await services.rag.answer("What does the second sentence talk about?", ["k"])
+            assert on.grounded and on.sources
+            assert on.prompt_tokens + 8 <= 160
+        finally:
+            services.close()
+
+    asyncio.run(run())
+
+
+def make_cross_encoder(path: Path) -> Path:
+    """A tiny BERT cross-encoder with random weights and a word-level vocabulary."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = "towers bridges rivers the first second third sentence talks about".split()  # noqa: SIM905
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    path.mkdir(parents=True)
+    # transformers 5 ignores `vocab_file` here: the vocabulary goes in as a mapping
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    assert tokenizer.unk_token_id not in tokenizer("towers about rivers")["input_ids"]
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=1,
+        initializer_range=0.5,  # the default 0.02 gives nearly the same logit for any input
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+def test_reranker_reorders_by_cross_encoder_scores(tmp_path: Path) -> None:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from app.rag.reranker import CrossEncoderReranker
+    from app.rag.retriever import KnowledgeBaseRetriever
+    from ingest.service import KnowledgeBaseService
+
+    model_dir = make_cross_encoder(tmp_path / "ce")
+    settings = load_settings(**{"data_dir": tmp_path / "data", "ingest.workers": 0})
+    kb = KnowledgeBaseService.from_settings(settings)
+    try:
+        kb.create_kb("k")
+        texts = {
+            "a.txt": "the first sentence talks about towers",
+            "b.txt": "the second sentence talks about bridges",
+            "c.txt": "the third sentence talks about rivers",
+        }
+        for name, text in texts.items():
+            kb.upload("k", name, text.encode())
+        kb.run_pending(max_jobs=5)
+        reranker = CrossEncoderReranker(str(model_dir))
+        retriever = KnowledgeBaseRetriever(
+            kb_service=kb, knowledge_bases=["k"], top_k=3, reranker=reranker, rerank_candidates=3
+        )
+        query = "sentence about towers"
+        docs = retriever.invoke(query)
+        direct = CrossEncoder(str(model_dir)).predict(
+            [(query, d.page_content) for d in docs], activation_fn=torch.nn.Identity()
+        )
+        expected = [1 / (1 + math.exp(-float(x))) for x in direct]
+        got = [d.metadata["score"] for d in docs]
+        assert got == sorted(got, reverse=True)
+        assert got == pytest.approx(expected, abs=1e-5)
+        assert all("retrieval_score" in d.metadata for d in docs)
+        assert len(set(got)) == 3  # a real reordering signal, not a constant
+    finally:
+        kb.close()
