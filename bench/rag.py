@@ -1,0 +1,191 @@
+"""RAG latency and the relevance gate, measured on cmrc2018-trial (not a test).
+
+1. Latency breakdown of a knowledge-base answer (retrieval, prompt build, time to first token,
+   generation) vs the bare LLM answering the same question without retrieval, same run and
+   settings. Target: retrieval + prompt build add <= 15% to the time to first token at the
+   default top_k (overhead / (ttft - overhead)).
+2. ``--calibrate``: the relevance gate. On-topic questions (their passage is in the KB) and
+   off-topic ones (cmrc questions whose passage is left out of the KB, and English questions
+   from ARAGOG when present): share kept / refused for a grid of
+   (rag.min_dense_score, rag.min_keyword_score).
+
+    .venv/bin/python bench/rag.py [../shared/data] [--questions 20] [--calibrate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.llm.base import ChatMessage, GenerationParams  # noqa: E402
+from app.services.factory import build_services  # noqa: E402
+from app.services.rag import RagOptions  # noqa: E402
+from app.settings import load_settings  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+async def bare_ttft(
+    services: object, question: str, params: GenerationParams
+) -> tuple[float, float]:
+    """(time to first token, whole answer) in ms of the plain model on the bare question."""
+    chat = services.chat  # type: ignore[attr-defined]
+    start = time.perf_counter()
+    first = None
+    slot, pieces = await chat.open_stream([ChatMessage("user", question)], params)
+    try:
+        async for piece in pieces:
+            if piece.text and first is None:
+                first = time.perf_counter()
+    finally:
+        slot.release()
+    end = time.perf_counter()
+    return ((first or end) - start) * 1000, (end - start) * 1000
+
+
+async def run(args: argparse.Namespace) -> None:
+    base = Path(args.data) / "cmrc2018-trial"
+    files = sorted((base / "docs").glob("*.txt"))
+    qa = [json.loads(line) for line in (base / "qa.jsonl").read_text().splitlines() if line]
+    held_out = set()
+    if args.calibrate:
+        held_out = {f.name for f in files[len(files) - args.held_out :]}
+        files = [f for f in files if f.name not in held_out]
+    workdir = Path(args.data_dir or tempfile.mkdtemp(prefix="kbqa-bench-rag-"))
+    settings = load_settings(
+        **{
+            "data_dir": workdir,
+            "llm.model": args.model,
+            "llm.max_new_tokens": args.max_tokens,
+            "ingest.workers": 0,
+            "rag.min_dense_score": 0.0 if args.calibrate else None,
+            "rag.min_keyword_score": 0.0 if args.calibrate else None,
+        }
+    )
+    services = await build_services(settings)
+    kb, rag = services.kb, services.rag
+    assert kb is not None and rag is not None and services.llm is not None
+    try:
+        if "cmrc" not in {k.name for k in kb.list_kbs()}:
+            kb.create_kb("cmrc")
+            for f in files:
+                kb.upload("cmrc", f.name, f.read_bytes())
+            started = time.perf_counter()
+            kb.run_pending(max_jobs=len(files) + 1)
+            print(f"ingested files={len(files)} seconds={time.perf_counter() - started:.1f}")
+        print(
+            f"model={services.llm.name} device={services.llm.device} embedder="
+            f"{kb.embeddings.name} top_k={rag.default_top_k} max_tokens={args.max_tokens}"
+        )
+        if args.calibrate:
+            calibrate(kb, qa, held_out, Path(args.data))
+            return
+        known = {f.name for f in files}
+        questions = [q["question"] for q in qa if q["source"] in known][: args.questions]
+        params = GenerationParams(max_tokens=args.max_tokens)
+        await rag.answer(questions[0], ["cmrc"], params=params)  # warm up
+        await bare_ttft(services, questions[0], params)
+        rows: dict[str, list[float]] = {
+            k: [] for k in ("retrieval", "prompt", "ttft", "generation", "total", "bare_ttft")
+        }
+        rows["bare_total"] = []
+        rows["prompt_tokens"] = []
+        for question in questions:
+            answer = await rag.answer(question, ["cmrc"], params=params, options=RagOptions())
+            t = answer.timings
+            rows["retrieval"].append(t["retrieval_ms"])
+            rows["prompt"].append(t["prompt_ms"])
+            rows["ttft"].append(t.get("ttft_ms", t["total_ms"]))
+            rows["generation"].append(t["generation_ms"])
+            rows["total"].append(t["total_ms"])
+            rows["prompt_tokens"].append(answer.prompt_tokens)
+            ttft, total = await bare_ttft(services, question, params)
+            rows["bare_ttft"].append(ttft)
+            rows["bare_total"].append(total)
+        for name, values in rows.items():
+            unit = "" if name == "prompt_tokens" else "ms"
+            print(f"{name:>13}: p50={pct(values, 50):8.1f}{unit} p95={pct(values, 95):8.1f}{unit}")
+        overhead = [r + p for r, p in zip(rows["retrieval"], rows["prompt"], strict=True)]
+        share = [o / max(t - o, 1e-9) for o, t in zip(overhead, rows["ttft"], strict=True)]
+        print(
+            f"retrieval+prompt overhead p50={pct(overhead, 50):.1f}ms = "
+            f"{100 * pct(share, 50):.1f}% of the LLM's own time to first token "
+            f"(target <= 15%); rag ttft / bare ttft p50 ratio = "
+            f"{pct(rows['ttft'], 50) / pct(rows['bare_ttft'], 50):.2f}x "
+            f"(the rest is prefill of the passages); questions={len(questions)}"
+        )
+    finally:
+        services.close()
+
+
+def calibrate(kb: object, qa: list[dict], held_out: set[str], data: Path) -> None:
+    on = [q for q in qa if q["source"] not in held_out][:150]
+    off_zh = [q for q in qa if q["source"] in held_out][:100]
+    aragog = data / "aragog" / "qa.jsonl"
+    off_en = (
+        [json.loads(line) for line in aragog.read_text().splitlines() if line][:50]
+        if aragog.exists()
+        else []
+    )
+    scores: dict[str, list[tuple[float, float]]] = {}
+    for label, items in (("on", on), ("off_zh", off_zh), ("off_en", off_en)):
+        rows = []
+        for item in items:
+            hits = kb.search("cmrc", item["question"], 5, 0.0, "hybrid")  # type: ignore[attr-defined]
+            rows.append(
+                (
+                    max((h.dense_score or 0.0) for h in hits) if hits else 0.0,
+                    max((h.keyword_score or 0.0) for h in hits) if hits else 0.0,
+                )
+            )
+        scores[label] = rows
+        if rows:
+            d = [r[0] for r in rows]
+            k = [r[1] for r in rows]
+            print(
+                f"{label:>6} n={len(rows)} best dense p5/p50/p95="
+                f"{pct(d, 5):.3f}/{pct(d, 50):.3f}/{pct(d, 95):.3f} best keyword p5/p50/p95="
+                f"{pct(k, 5):.3f}/{pct(k, 50):.3f}/{pct(k, 95):.3f}"
+            )
+
+    def kept(rows: list[tuple[float, float]], md: float, mk: float) -> float:
+        return float(np.mean([d >= md or k >= mk for d, k in rows])) if rows else float("nan")
+
+    print("min_dense min_keyword  on-topic kept  off-topic zh refused  off-topic en refused")
+    for md in (0.85, 0.86, 0.87, 0.88, 0.89):
+        for mk in (0.5, 0.6, 0.7):
+            print(
+                f"{md:9.2f} {mk:11.2f}  {kept(scores['on'], md, mk):13.3f}  "
+                f"{1 - kept(scores['off_zh'], md, mk):20.3f}  "
+                f"{1 - kept(scores['off_en'], md, mk):20.3f}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("data", nargs="?", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--data-dir", help="reuse a data dir (the KB is ingested once)")
+    parser.add_argument("--calibrate", action="store_true", help="relevance gate table")
+    parser.add_argument(
+        "--held-out", type=int, default=100, help="--calibrate: passages left out of the KB"
+    )
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
