@@ -104,6 +104,9 @@ class FinetuneSettings(Section):
     gradient_checkpointing: bool | None = Field(
         None, description="Trade compute for memory; default: on for CUDA, off elsewhere."
     )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while training (default: torch's own choice)."
+    )
     quantization: Literal["none", "4bit"] = Field(
         "none", description="`4bit`: QLoRA (bitsandbytes NF4 base weights; CUDA, extra `cuda`)."
     )

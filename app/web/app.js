@@ -46,6 +46,7 @@
     currentKb: null,
     docs: [],
     history: [],
+    chatId: 0,
     turns: 0,
     streaming: null,
     uploads: [],
@@ -271,7 +272,7 @@
     try {
       state.kbs = (await apiJson("v1/knowledge_bases")).data || [];
       state.kbsLoaded = true;
-      hideBannerIfAuthed();
+      hideBanner();
     } catch (err) {
       if (err.status !== 401) toast(err.message, "error");
       state.kbs = [];
@@ -283,10 +284,6 @@
     renderKbPick();
     renderKbList();
     renderKbDetail();
-  }
-
-  function hideBannerIfAuthed() {
-    hideBanner();
   }
 
   function renderKbPick() {
@@ -666,6 +663,7 @@
     const active = state.uploads.filter((u) => u.job && !TERMINAL.has(u.phase));
     if (!active.length) return;
     const kbs = [...new Set(active.map((u) => u.kb))];
+    let changedHere = false;
     let finishedHere = false;
     await Promise.all(
       kbs.map(async (kb) => {
@@ -677,20 +675,32 @@
         }
         const byId = new Map(jobs.map((j) => [j.id, j]));
         for (const item of active.filter((u) => u.kb === kb)) {
-          const job = byId.get(item.job.id);
-          if (!job) continue;
+          let job = byId.get(item.job.id);
+          if (!job) {
+            // older than the newest 1000 jobs of this knowledge base: ask for it alone
+            try {
+              job = await apiJson(`v1/jobs/${enc(item.job.id)}`);
+            } catch (err) {
+              if (err.status === 404) {
+                item.phase = "error"; // the job is gone (its document or knowledge base deleted)
+                item.error = err.message;
+              }
+              continue;
+            }
+          }
           item.job = job;
-          if (job.state !== item.phase && TERMINAL.has(job.state) && kb === state.currentKb) finishedHere = true;
+          if (job.state !== item.phase && kb === state.currentKb) {
+            changedHere = true;
+            if (TERMINAL.has(job.state)) finishedHere = true;
+          }
           item.phase = job.state;
           item.error = job.error;
         }
       }),
     );
     renderUploads();
-    if (finishedHere) {
-      loadDocs();
-      loadKbs();
-    }
+    if (changedHere) loadDocs();
+    if (finishedHere) loadKbs();
     if (state.uploads.some((u) => u.job && !TERMINAL.has(u.phase))) {
       state.pollTimer = setTimeout(pollJobs, 700);
     }
@@ -1173,6 +1183,7 @@
       ),
     );
     state.history.push({ role: "user", content: question });
+    const chat = state.chatId;
     const view = new AnswerView(question, kbs, kbs.length > 0 && state.settings.answer_mode === "passages");
     messages.append(view.el);
     messages.scrollTop = messages.scrollHeight;
@@ -1199,8 +1210,9 @@
       state.streaming = null;
       setStreaming(false);
     }
+    if (chat !== state.chatId) return; // "New chat" was pressed meanwhile
     if (view.text && !view.failed) state.history.push({ role: "assistant", content: view.text });
-    else if (!view.text) state.history.pop(); // nothing came back: do not send a dangling question again
+    else state.history.pop(); // no answer: do not send a dangling question again
     scrollMessages();
   }
 
@@ -1259,6 +1271,7 @@
   }
 
   function newChat() {
+    state.chatId++;
     if (state.streaming) state.streaming.abort();
     state.history = [];
     const empty = $("chat-empty");
@@ -1341,7 +1354,9 @@
       });
     }
     $("set-key").addEventListener("change", async () => {
-      state.apiKey = $("set-key").value.trim();
+      const key = $("set-key").value.trim();
+      if (key === state.apiKey) return;
+      state.apiKey = key;
       store.set("kbqa.apiKey", state.apiKey);
       hideBanner();
       toast(t("settings.saved"), "ok");
@@ -1365,8 +1380,8 @@
       else closeSettings();
     });
     $("settings-close").addEventListener("click", closeSettings);
-    $("settings").addEventListener("keydown", (e) => {
-      if (e.key === "Escape") closeSettings();
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && !$("settings").hidden && !$("confirm").open) closeSettings();
     });
   }
 

@@ -47,6 +47,17 @@ def rag_service(services: Services) -> RagService:
     return services.rag
 
 
+def rag_options(body: ChatCompletionRequest | AskRequest) -> RagOptions:
+    """The knowledge-base knobs of a request (both request shapes name them alike)."""
+    return RagOptions(
+        top_k=body.top_k,
+        score_threshold=body.score_threshold,
+        search_mode=body.search_mode,
+        answer_mode=body.answer_mode,
+        return_sources=body.return_sources,
+    )
+
+
 def kb_params(
     max_tokens: int | None,
     temperature: float | None,
@@ -104,6 +115,14 @@ async def prime(events: AsyncIterator[RagEvent]) -> list[RagEvent]:
     return head
 
 
+async def replay(head: list[RagEvent], events: AsyncIterator[RagEvent]) -> AsyncIterator[RagEvent]:
+    """The primed events, then the rest of the answer."""
+    for event in head:
+        yield event
+    async for event in events:
+        yield event
+
+
 async def kb_sse(
     head: list[RagEvent],
     events: AsyncIterator[RagEvent],
@@ -119,14 +138,8 @@ async def kb_sse(
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         return sse({**base, "choices": [choice], **extra})
 
-    async def rest() -> AsyncIterator[RagEvent]:
-        for event in head:
-            yield event
-        async for event in events:
-            yield event
-
     try:
-        async for event in rest():
+        async for event in replay(head, events):
             if event.kind == "sources":
                 yield chunk(
                     {"role": "assistant", "content": ""},
@@ -173,13 +186,7 @@ async def kb_chat_completion(
         request.seed,
         settings,
     )
-    options = RagOptions(
-        top_k=request.top_k,
-        score_threshold=request.score_threshold,
-        search_mode=request.search_mode,
-        answer_mode=request.answer_mode,
-        return_sources=request.return_sources,
-    )
+    options = rag_options(request)
     events = rag.stream(
         question,
         knowledge_bases,
@@ -226,13 +233,7 @@ async def collect(head: list[RagEvent], events: AsyncIterator[RagEvent]) -> _Col
     out = _Collected()
     pieces: list[str] = []
 
-    async def rest() -> AsyncIterator[RagEvent]:
-        for event in head:
-            yield event
-        async for event in events:
-            yield event
-
-    async for event in rest():
+    async for event in replay(head, events):
         if event.kind == "sources":
             out.sources, out.refused, out.grounded = event.sources, event.refused, event.grounded
         elif event.kind == "token":
@@ -259,13 +260,7 @@ async def ask(kb: str, body: AskRequest, services: ServicesDep, settings: Settin
         if m.role in ("user", "assistant")
     ]
     params = kb_params(body.max_tokens, body.temperature, None, [], body.seed, settings)
-    options = RagOptions(
-        top_k=body.top_k,
-        score_threshold=body.score_threshold,
-        search_mode=body.search_mode,
-        answer_mode=body.answer_mode,
-        return_sources=body.return_sources,
-    )
+    options = rag_options(body)
     events = rag.stream(
         body.question,
         [kb, *[k for k in body.knowledge_bases if k != kb]],
