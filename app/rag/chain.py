@@ -9,9 +9,12 @@ which is exactly the order the API sends them in. A ``RunnableBranch`` answers w
 refusal (no LLM call) or the model alone (fallback) when no passage passed the gate.
 
 Multi-turn: history is included in the prompt within the budget (newest messages first,
-up to ``rag.history_budget_share`` of it), and the retrieval query of a follow-up is the
-previous user question(s) plus the new one. Condensing the question with an LLM call was not
-chosen: it doubles the latency of every follow-up, and a small model condenses badly.
+up to ``rag.history_budget_share`` of it). Retrieval uses the question alone first (a new
+topic in the same chat finds its own passages); only when nothing passes the relevance gate
+is it retried with the previous user question(s) in front, so an elliptical follow-up
+("and when was it completed?") still finds the passage about what was named before.
+Condensing the question with an LLM call was not chosen: it doubles the latency of every
+follow-up, and a small model condenses badly.
 """
 
 from __future__ import annotations
@@ -165,9 +168,10 @@ def build_rag_chain(
     timings: ChainTimings | None = None,
 ) -> Runnable:
     """The chain for one request. Input keys: ``input`` and ``question`` (the question as
-    asked), ``query`` (what to retrieve with), ``history`` (LangChain messages, already
-    fitted) and ``chat_history`` (the same as kbqa messages, for the budget). Output keys
-    add ``context`` (the numbered passages used) and ``answer``."""
+    asked), ``query`` (the question with earlier ones in front: retrieval's second try),
+    ``history`` (LangChain messages, already fitted) and ``chat_history`` (the same as
+    kbqa messages, for the budget). Output keys add ``context`` (the numbered passages
+    used) and ``answer``."""
     timings = timings if timings is not None else ChainTimings()
     document_prompt = prompts.document_prompt()
     head: list[Any] = [("system", system_prompt)] if system_prompt else []
@@ -183,7 +187,11 @@ def build_rag_chain(
 
     async def context(inputs: dict[str, Any]) -> list[Document]:
         start = time.perf_counter()
-        docs = await retriever.ainvoke(inputs["query"])
+        docs = await retriever.ainvoke(inputs["input"])
+        if not docs and inputs["query"] != inputs["input"]:
+            # an elliptical follow-up ("and when was it built?") finds nothing on its own:
+            # retrieve again with the earlier question(s) in front
+            docs = await retriever.ainvoke(inputs["query"])
         fitted = time.perf_counter()
         timings.retrieval_ms = (fitted - start) * 1000
         # numbered before fitting (the count sees the text as sent); the kept passages are a

@@ -128,8 +128,9 @@ class RagSettings(Section):
     history_query_turns: int = Field(
         1,
         ge=0,
-        description="Earlier user questions prepended to the retrieval query of a follow-up, "
-        "so 'and its population?' still finds the passage about the city named before.",
+        description="Earlier user questions put in front of the retrieval query of a follow-up "
+        "when the question alone finds no relevant passage, so 'and its population?' still "
+        "finds the passage about the city named before (a new topic uses its own words).",
     )
     passages_max: int = Field(
         20,

@@ -75,7 +75,13 @@
     let text = dict[key];
     if (text === undefined) text = I18N.en[key];
     if (text === undefined) text = key;
-    if (vars) text = text.replace(/\{(\w+)\}/g, (m, name) => (name in vars ? String(vars[name]) : m));
+    if (vars) {
+      // {n|one|many}: English plurals; then {n}: the value
+      text = text.replace(/\{(\w+)\|([^|}]*)\|([^}]*)\}/g, (m, name, one, many) =>
+        name in vars ? (Number(vars[name]) === 1 ? one : many) : m,
+      );
+      text = text.replace(/\{(\w+)\}/g, (m, name) => (name in vars ? String(vars[name]) : m));
+    }
     return text;
   }
 

@@ -170,6 +170,7 @@ def test_stream_equals_non_stream_and_repeats_are_identical(
     assert len(texts) == 1, texts
     whole = answers[0]
     assert whole["sources"][0]["filename"] == "eiffel.md" and whole["refused"] is False
+    assert whole["sources"][0]["page"] is None  # null stays in the body (not dropped)
     with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
         assert response.status_code == 200
         events = _sse(response)
@@ -202,6 +203,9 @@ def test_follow_up_uses_history(client: httpx.Client) -> None:
         or alone["sources"][0]["text"] != follow["sources"][0]["text"]
         or (alone["sources"][0]["relevant"] is False)
     )
+    # a new topic in the same chat finds its own passages, not the previous topic's
+    switch = _ask(client, "en", "How long is the Nile river in Africa?", history=history)
+    assert switch["sources"][0]["filename"] == "rivers.txt"
     plain = _ask(client, "en", "And when was it completed? Eiffel Tower")
     # the earlier turns are in the prompt: more prompt tokens than the question alone
     assert follow["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
@@ -231,6 +235,8 @@ def test_errors_keep_their_status(client: httpx.Client) -> None:
     )
     assert bad.status_code == 400
     assert client.post("/v1/knowledge_bases/en/ask", json={"question": ""}).status_code == 422
+    plain = client.post("/v1/chat/completions", json={"messages": msg, "max_tokens": 2})
+    assert plain.status_code == 200 and "sources" not in plain.json()  # the plain model
 
 
 def test_openai_sdk_and_langchain_clients(server: Any) -> None:

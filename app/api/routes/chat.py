@@ -68,7 +68,6 @@ def chat_service(services: Any) -> ChatService:
 @router.post(
     "/chat/completions",
     response_model=KBChatCompletionResponse | ChatCompletionResponse,
-    response_model_exclude_none=True,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_completions(
