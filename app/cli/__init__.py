@@ -76,6 +76,15 @@ def serve(
         },
     )
     setup_logging(settings.server.log_level)
+    if settings.llm.backend == "transformers":
+        # a wrong model reference is reported here, plainly, not as a start-up traceback
+        from app.llm.models import ModelReferenceError, resolve_model
+
+        try:
+            resolve_model(settings.llm.model, settings.resolved_models_dir)
+        except ModelReferenceError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from exc
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,

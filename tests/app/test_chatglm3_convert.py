@@ -281,6 +281,22 @@ def test_unconverted_dir_is_refused_with_the_command(
     assert resolved.kind == "local"
 
 
+def test_serve_on_unconverted_dir_says_how_to_convert(
+    chatglm3: dict[str, Any], tmp_path: Path
+) -> None:
+    """`kbqa serve --model <ChatGLM3 dir>`: exit 2 with the convert command, no traceback."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["serve", "--model", str(chatglm3["src"]), "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"kbqa models convert-chatglm3 {chatglm3['src']}" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_cli_converts_and_refuses_to_overwrite(chatglm3: dict[str, Any], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
