@@ -80,7 +80,7 @@ class RagSettings(Section):
         le=1,
         description="Relevance gate: a passage is relevant when its dense cosine similarity "
         "reaches this ... (calibrated for the packaged multilingual-e5-small with "
-        "`bench/rag.py --calibrate` on cmrc2018-trial: 0.87/0.6 keep 96% of answerable "
+        "`bench/rag.py --calibrate` on cmrc2018-trial: 0.87/0.6 keep 97% of answerable "
         "questions and refuse 91% of off-topic Chinese and 100% of English ones; other "
         "embedding models need their own values)",
     )
