@@ -8,31 +8,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from app.llm.lora_targets import lora_targets
 from app.settings.finetune import FinetuneSettings
-
-# LoRA target modules per transformers `model_type` (attention projections: the usual
-# knowledge-injection choice). `glm` is ChatGLM3 converted to the native GlmForCausalLM.
-_FALLBACK_TARGETS: dict[str, list[str]] = {
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma3": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "glm": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "glm4": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "phi3": ["qkv_proj", "o_proj"],
-    "chatglm": ["query_key_value", "dense"],
-}
-
-try:  # the shared table, when the LLM package provides one
-    from app.llm.lora_targets import LORA_TARGETS as _SHARED_TARGETS  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the app version
-    _SHARED_TARGETS = {}
-
-LORA_TARGETS: dict[str, list[str]] = {**_FALLBACK_TARGETS, **_SHARED_TARGETS}
 
 
 class ConfigError(ValueError):
@@ -40,10 +17,12 @@ class ConfigError(ValueError):
 
 
 def auto_target_modules(model_type: str, configured: list[str]) -> list[str] | str:
-    """The configured targets, else the table's entry, else peft's `all-linear`."""
+    """The configured targets, else the attention projections of the architecture (the
+    shared table of ``app.llm.lora_targets``: llama-style q/k/v/o, Gemma, the converted
+    ChatGLM3 ``glm``), else peft's ``all-linear`` for an architecture the table lacks."""
     if configured:
         return "all-linear" if configured == ["all-linear"] else list(configured)
-    return list(LORA_TARGETS.get(model_type, [])) or "all-linear"
+    return lora_targets(model_type, attention_only=True)
 
 
 def load_finetune_config(path: Path | None, base: FinetuneSettings) -> FinetuneSettings:
@@ -60,18 +39,18 @@ def load_finetune_config(path: Path | None, base: FinetuneSettings) -> FinetuneS
         raise ConfigError(f"finetune config {path} must hold a mapping")
     if isinstance(data.get("finetune"), dict):
         data = data["finetune"]
-    merged = _deep_merge(base.model_dump(), data)
+    merged = deep_merge(base.model_dump(), data)
     try:
         return FinetuneSettings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(f"finetune config {path}: {exc}") from exc
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

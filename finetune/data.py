@@ -223,8 +223,8 @@ def write_jsonl_atomic(files: dict[Path, Iterable[dict[str, Any]]]) -> None:
     try:
         for target, rows in files.items():
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-            temps.append((Path(tmp), target))
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            temps.append((Path(tmp_name), target))
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 for row in rows:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")

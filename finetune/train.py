@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from app.llm.models import resolve_model
+from app.llm.models import ResolvedModel, resolve_model
 from app.llm.prompting import render_prompt
 from app.settings.finetune import FinetuneSettings
 from finetune.config import ConfigError, auto_target_modules
@@ -320,8 +320,13 @@ def train(
     resume: bool = False,
     prompt_template: str | None = None,
     callbacks: Sequence[Any] = (),
+    overrides: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Run (or, with ``resume``, continue) a LoRA SFT run writing into ``out``."""
+    """Run (or, with ``resume``, continue) a LoRA SFT run writing into ``out``.
+
+    With ``resume`` the run's saved config is used; ``overrides`` (e.g. a larger
+    ``max_steps``) change it, and the saved config file is updated with them.
+    """
     # --- phase: config
     if resume:
         saved = read_saved_config(out)
@@ -332,7 +337,7 @@ def train(
         data = data or Path(saved["data"])
         if eval_data is None and saved.get("eval"):
             eval_data = Path(saved["eval"])
-        settings = FinetuneSettings.model_validate(saved["finetune"])
+        settings = FinetuneSettings.model_validate({**saved["finetune"], **(overrides or {})})
         prompt_template = prompt_template or saved.get("chat_template_override")
     else:
         checkpoint = None
@@ -344,8 +349,44 @@ def train(
     if model is None or data is None:
         raise TrainError("--model and --data are required (except with --resume)")
     resolved = resolve_model(model, models_dir)
-    chat_template = prompt_template or resolved.chat_template
+    import torch
 
+    previous_threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run(
+            model=model,
+            resolved=resolved,
+            data=data,
+            out=out,
+            settings=settings,
+            eval_data=eval_data,
+            resume=resume,
+            checkpoint=checkpoint,
+            chat_template=prompt_template or resolved.chat_template,
+            callbacks=callbacks,
+            overrides=overrides,
+        )
+    finally:  # torch's thread count is process-wide: give it back
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    *,
+    model: str,
+    resolved: ResolvedModel,
+    data: Path,
+    out: Path,
+    settings: FinetuneSettings,
+    eval_data: Path | None,
+    resume: bool,
+    checkpoint: Path | None,
+    chat_template: str | None,
+    callbacks: Sequence[Any],
+    overrides: dict[str, Any] | None,
+) -> TrainResult:
+    """The phases after the config: data, model, train, outputs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
@@ -382,7 +423,7 @@ def train(
     load_kwargs: dict[str, Any] = {"dtype": dtype}
     if settings.quantization == "4bit":
         try:
-            import bitsandbytes  # type: ignore[import-not-found]  # noqa: F401
+            import bitsandbytes  # noqa: F401
             from transformers import BitsAndBytesConfig
         except ImportError as exc:
             raise ConfigError(
@@ -434,7 +475,9 @@ def train(
         "total_params": int(total),
         "finetune": settings.model_dump(mode="json"),
     }
-    if not resume:
+    if not resume or overrides:
+        if resume:
+            resolved_config["resumed_with"] = dict(overrides or {})
         (out / CONFIG_FILE).write_text(
             yaml.safe_dump(resolved_config, allow_unicode=True, sort_keys=False), encoding="utf-8"
         )
@@ -452,6 +495,8 @@ def train(
 
     # --- phase: train
     from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from finetune.progress import LogCallback
 
     eval_steps = settings.eval_steps or settings.save_steps
     args = TrainingArguments(
@@ -475,7 +520,8 @@ def train(
         seed=settings.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=grad_ckpt,
+        activation_checkpointing=grad_ckpt,
+        activation_checkpointing_kwargs={"use_reentrant": False} if grad_ckpt else None,
         use_cpu=device == "cpu",
         report_to=[],
         disable_tqdm=True,
@@ -486,11 +532,11 @@ def train(
     trainer = Trainer(
         model=peft_model,
         args=args,
-        train_dataset=train_rows,  # type: ignore[arg-type]
-        eval_dataset=eval_rows,  # type: ignore[arg-type]
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
         data_collator=PadCollator(int(tokenizer.pad_token_id)),
         processing_class=tokenizer,
-        callbacks=[_interrupt_callback(interrupt), *callbacks],
+        callbacks=[_interrupt_callback(interrupt), LogCallback(), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
@@ -503,7 +549,11 @@ def train(
         return TrainResult(out, step, True, saved_ckpt, skipped=skipped)
 
     # --- phase: outputs
-    final_eval = trainer.evaluate() if eval_rows else {}
+    _, evals_so_far = split_log_history(trainer.state.log_history)
+    if evals_so_far and evals_so_far[-1].get("step") == step:
+        final_eval = {"eval_loss": evals_so_far[-1]["eval_loss"]}  # evaluated at this very step
+    else:
+        final_eval = trainer.evaluate() if eval_rows else {}
     peft_model.save_pretrained(str(out))
     if resolved.chat_template and not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = resolved.chat_template

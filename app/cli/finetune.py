@@ -172,7 +172,7 @@ def data_cmd(
 ) -> None:
     """Build SFT examples (JSONL) from QA/alpaca/conversations files and/or a knowledge base."""
     from app.cli import setup_logging
-    from finetune.data import DataError, build_dataset
+    from finetune.data import DataError, build_dataset, read_examples
 
     if not inputs and not kb:
         raise _fail("give input files, --kb NAME, or both")
@@ -184,6 +184,11 @@ def data_cmd(
         {"data.holdout": holdout, "data.holdout_by": holdout_by, "data.holdout_seed": seed},
     )
     setup_logging("warning")
+    try:
+        for path in inputs or []:  # a bad file fails before any knowledge-base or LLM work
+            read_examples(path)
+    except DataError as exc:
+        raise _fail(str(exc)) from exc
     extra, skipped = _kb_examples(settings, kb, generate_qa, ft) if kb else ([], 0)
     try:
         report = build_dataset(
