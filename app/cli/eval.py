@@ -95,6 +95,7 @@ def compare_cmd(
     Resumable: answers are appended to OUT/results.jsonl as they come; a re-run asks only
     what is missing.
     """
+    import httpx
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -203,7 +204,7 @@ def compare_cmd(
             )
     except CompareError as exc:
         raise _fail(str(exc)) from exc
-    except OSError as exc:
+    except (OSError, httpx.HTTPError) as exc:
         raise _fail(f"{type(exc).__name__}: {exc}", 1) from exc
     for system, reason in run.skipped.items():
         typer.secho(f"skipped {system}: {reason}", fg=typer.colors.YELLOW, err=True)
