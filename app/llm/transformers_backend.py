@@ -72,7 +72,9 @@ class _TextCollector:
 
     def end(self) -> None:
         if not self.stopped:
-            text = self._decode()
+            # an answer cut by max_tokens inside a multi-byte character ends in U+FFFD
+            # replacement marks: drop them rather than send a broken character
+            text = self._decode().rstrip("\ufffd")
             self._send(text, len(text))
 
     def _decode(self) -> str:
