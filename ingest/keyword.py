@@ -52,6 +52,7 @@ class Tokenizer:
 
 class KeywordIndex:
     def __init__(self, catalog: Catalog, tokenizer: Tokenizer) -> None:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build
         self.catalog = catalog
         self.tokenizer = tokenizer
         self._cache: dict[str, tuple[int, list[str], Any]] = {}
