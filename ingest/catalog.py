@@ -67,23 +67,38 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    owner TEXT
+    owner TEXT,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_kb ON jobs (kb, created_at);
 """
 
 
+# One token per process: a restarted container has the same hostname and often the same pid
+# (1), so host and pid alone would make the dead process's jobs look like ours.
+_PROCESS_TOKEN = uuid.uuid4().hex[:12]
+
+
 def process_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_TOKEN}"
 
 
-def _owner_alive(owner: str | None) -> bool:
+def _owner_alive(owner: str | None) -> bool | None:
+    """True/False when this host can tell; None for another host's worker (the lease decides)."""
     if not owner:
         return False
-    host, _, pid = owner.rpartition(":")
+    parts = owner.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        host, pid, token = parts
+    else:  # written before tokens existed: host:pid
+        (host, _, pid), token = owner.rpartition(":"), ""
     if host != socket.gethostname():
-        return True  # another machine's worker: cannot tell, leave it
+        return None
+    if token == _PROCESS_TOKEN:
+        return True
+    if pid == str(os.getpid()):
+        return False  # our pid, another token: a previous process that had the same pid
     try:
         os.kill(int(pid), 0)
     except (ValueError, ProcessLookupError):
@@ -98,7 +113,11 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "heartbeat_at" not in columns:  # a data dir from before job leases
+            conn.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at REAL")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -340,18 +359,30 @@ class Catalog:
                 ).fetchone()
             if row is None:
                 return None
+            now = time.time()
             db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1, "
-                "owner = ?, error = NULL WHERE id = ?",
-                (time.time(), owner, row["id"]),
+                "UPDATE jobs SET state = 'running', started_at = ?, heartbeat_at = ?, "
+                "attempts = attempts + 1, owner = ?, error = NULL WHERE id = ?",
+                (now, now, owner, row["id"]),
             )
         return self.get_job(row["id"])
 
-    def requeue_orphans(self) -> int:
-        """Running jobs whose worker process is gone go back to the queue (after a crash)."""
+    def requeue_orphans(self, lease_s: float | None = None) -> int:
+        """Running jobs whose worker is gone go back to the queue: a dead process of this host
+        (after a crash or a container restart), or, with ``lease_s``, any worker (another
+        host's too) that has written no progress for that long."""
+        stale_before = time.time() - lease_s if lease_s else None
         with self.connect() as db:
-            rows = db.execute("SELECT id, owner FROM jobs WHERE state = 'running'").fetchall()
-            orphans = [r["id"] for r in rows if not _owner_alive(r["owner"])]
+            rows = db.execute(
+                "SELECT id, owner, heartbeat_at, started_at FROM jobs WHERE state = 'running'"
+            ).fetchall()
+            orphans = []
+            for r in rows:
+                ours = (r["owner"] or "").endswith(":" + _PROCESS_TOKEN)
+                beat = r["heartbeat_at"] or r["started_at"] or 0.0
+                stale = stale_before is not None and beat < stale_before and not ours
+                if stale or _owner_alive(r["owner"]) is False:
+                    orphans.append(r["id"])
             for job_id in orphans:
                 db.execute("UPDATE jobs SET state = 'queued', owner = NULL WHERE id = ?", (job_id,))
         return len(orphans)
@@ -366,8 +397,9 @@ class Catalog:
     def progress(self, job_id: str, done: int, total: int) -> None:
         with self.connect() as db:
             db.execute(
-                "UPDATE jobs SET progress_done = ?, progress_total = ? WHERE id = ?",
-                (done, total, job_id),
+                "UPDATE jobs SET progress_done = ?, progress_total = ?, heartbeat_at = ? "
+                "WHERE id = ?",
+                (done, total, time.time(), job_id),
             )
 
     def finish(self, job_id: str, chunks: int) -> None:

@@ -1,14 +1,17 @@
 """Ingest workers: threads that take jobs from the persistent queue and run them.
 
 Started beside the API (``ingest.workers`` threads) or as their own process (``kbqa worker``).
-On start, jobs left ``running`` by a dead process go back to the queue; a job run twice leaves
-the same result (chunk ids are doc id + index; vectors are upserted).
+On start, jobs left ``running`` by a dead process go back to the queue, and so, from then on,
+do jobs whose worker has written no progress for ``ingest.job_lease_s`` (a worker lost on
+another host); a job run twice leaves the same result (chunk ids are doc id + index; vectors
+are upserted).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from ingest.service import KnowledgeBaseService
 
@@ -29,11 +32,24 @@ class Worker:
         self.poll_interval_s = poll_interval_s
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self.lease_s = service.ingest_settings.job_lease_s
+        self._next_sweep = 0.0
+        self._sweep_lock = threading.Lock()
 
-    def start(self) -> Worker:
-        requeued = self.service.catalog.requeue_orphans()
+    def sweep(self) -> int:
+        """Queue again the jobs of dead or silent workers (at most every lease/4 seconds)."""
+        with self._sweep_lock:
+            now = time.monotonic()
+            if now < self._next_sweep:
+                return 0
+            self._next_sweep = now + self.lease_s / 4
+        requeued = self.service.catalog.requeue_orphans(self.lease_s)
         if requeued:
             logger.info("event=jobs_requeued count=%d reason=worker_gone", requeued)
+        return requeued
+
+    def start(self) -> Worker:
+        self.sweep()
         for n in range(self.threads):
             thread = threading.Thread(target=self._loop, name=f"kbqa-ingest-{n}", daemon=True)
             thread.start()
@@ -45,6 +61,8 @@ class Worker:
         while not self._stop.is_set():
             try:
                 jobs = self.service.run_pending(max_jobs=self.batch_jobs)
+                if not jobs:
+                    self.sweep()
             except Exception:
                 logger.exception("event=worker_error")
                 jobs = []

@@ -130,6 +130,7 @@ class TransformersBackend(LLMBackend):
         self._adapter_lock = threading.Lock() if self.adapters else None
         eos = model.generation_config.eos_token_id
         self.active = 0  # generations running now (health, tests)
+        self.cancelled = 0  # generations stopped because their client went away
         self._eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         if tokenizer.eos_token_id is not None:
             self._eos_ids.add(tokenizer.eos_token_id)
@@ -360,6 +361,9 @@ class TransformersBackend(LLMBackend):
                 output = self.model.generate(**kwargs)
         collector.end()
         new_tokens = output.shape[-1] - len(prepared.input_ids)
+        if cancel.is_set():
+            self.cancelled += 1
+            logger.info("event=generation_cancelled tokens=%d", new_tokens)
         last = int(output[0, -1]) if new_tokens else None
         reason: Literal["stop", "length"] = "stop"
         if (

@@ -41,21 +41,42 @@ class ChatService:
     async def open_stream(
         self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
     ) -> tuple[Slot, AsyncIterator[StreamChunk]]:
-        """Check the request and take a slot *before* the response starts, so errors keep
-        their status; the caller releases the slot when the stream ends or is abandoned."""
+        """Check the request, take a slot and wait for the first chunk *before* the response
+        starts, so errors keep their status: a remote server's refusal (prompt over its
+        context, overloaded) arrives only when its stream opens. The caller releases the slot
+        when the stream ends or is abandoned."""
         await self.llm.check(messages, params, model)
         slot = await self.gate.acquire()
-        return slot, self._stream(slot, messages, params, model)
+        pieces = aiter(self.llm.stream(messages, params, model))
+        try:
+            first = await anext(pieces)
+        except StopAsyncIteration:
+            slot.release()
+            return slot, _empty()
+        except BaseException:
+            slot.release()
+            await _aclose(pieces)
+            raise
+        return slot, self._stream(slot, first, pieces)
 
     async def _stream(
-        self,
-        slot: Slot,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        model: str | None,
+        self, slot: Slot, first: StreamChunk, pieces: AsyncIterator[StreamChunk]
     ) -> AsyncIterator[StreamChunk]:
         try:
-            async for chunk in self.llm.stream(messages, params, model):
+            yield first
+            async for chunk in pieces:
                 yield chunk
         finally:
+            await _aclose(pieces)
             slot.release()
+
+
+async def _empty() -> AsyncIterator[StreamChunk]:
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+async def _aclose(pieces: AsyncIterator[StreamChunk]) -> None:
+    close = getattr(pieces, "aclose", None)
+    if close is not None:
+        await close()

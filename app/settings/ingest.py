@@ -100,6 +100,13 @@ class IngestSettings(Section):
     poll_interval_s: float = Field(
         1.0, gt=0, description="How often an idle worker looks for queued jobs (seconds)."
     )
+    job_lease_s: float = Field(
+        600.0,
+        gt=0,
+        description="A running job whose worker has written no progress for this long "
+        "(seconds) is taken as abandoned and queued again: its worker crashed on another "
+        "host, or a restarted container left it. Keep it above the slowest embedding batch.",
+    )
     progress_every: int = Field(
         1, ge=1, description="Write job progress after this many embedding batches."
     )

@@ -10,12 +10,6 @@ from app.settings.base import Section
 class ServerSettings(Section):
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the service.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
-    workers: int = Field(
-        1,
-        ge=1,
-        description="uvicorn worker processes. Each loads its own model: more than 1 needs the "
-        "`openai` LLM backend and a Chroma server to share state.",
-    )
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (empty: same origin only)."

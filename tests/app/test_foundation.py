@@ -142,3 +142,34 @@ def test_compose_parses_and_points_at_real_files() -> None:
         settings = load_settings()
     assert settings.vectorstore.chroma_host == "chroma"  # type: ignore[attr-defined]
     assert "vllm" in settings.llm.openai.base_url
+
+
+def test_packaged_gemma_without_chat_template(models_dir: Path) -> None:
+    """The packaged Gemma 3 270m base has no chat template: it is served through the plain
+    prompt template, and `llm.prompt_template` replaces that for any model."""
+    from app.llm.base import ChatMessage, GenerationParams
+    from app.llm.models import PLAIN_TEMPLATE
+    from app.llm.transformers_backend import TransformersBackend
+
+    question = [ChatMessage("user", "中国的首都是哪里？")]
+    settings = load_settings(**{"llm.model": "gemma-3-270m", "models_dir": models_dir})
+    gemma = TransformersBackend.load(settings.llm, models_dir)
+    try:
+        assert gemma.chat_template == PLAIN_TEMPLATE
+        assert gemma.render(question).endswith("Question: 中国的首都是哪里？\nAnswer:")
+        answer = gemma.generate_text(question, GenerationParams(max_tokens=16))
+        assert answer.completion_tokens > 0 and answer.text.strip()
+        assert "Question:" not in answer.text  # the plain template's stop ends the turn
+        again = gemma.generate_text(question, GenerationParams(max_tokens=16))
+        assert again.text == answer.text
+    finally:
+        gemma.close()
+    custom = "{% for m in messages %}<<{{ m.role }}>> {{ m.content }}\n{% endfor %}A:"
+    settings = load_settings(
+        **{"llm.model": "gemma-3-270m", "models_dir": models_dir, "llm.prompt_template": custom}
+    )
+    overridden = TransformersBackend.load(settings.llm, models_dir)
+    try:
+        assert overridden.render(question) == "<<user>> 中国的首都是哪里？\nA:"
+    finally:
+        overridden.close()

@@ -213,6 +213,7 @@ def test_disconnect_stops_generation(client: httpx.Client, server: Any) -> None:
         "stop": ["never-appears-xyz"],
     }
     received = 0
+    cancelled_before = client.get("/health").json()["extra"]["cancelled"]
     with (
         httpx.Client(
             base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
@@ -226,6 +227,8 @@ def test_disconnect_stops_generation(client: httpx.Client, server: Any) -> None:
                 break  # leaving the block closes the connection mid-stream
     # 1000 tokens take over a minute here; a cancelled generation ends within seconds
     wait_idle(client, timeout_s=60)
+    # the generation ended because its client left, not on its own (eos or max_tokens)
+    assert client.get("/health").json()["extra"]["cancelled"] == cancelled_before + 1
     after = client.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 4})
     assert after.status_code == 200
 

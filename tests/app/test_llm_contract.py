@@ -10,10 +10,18 @@ from typing import Any
 
 import pytest
 
-from app.llm.base import ChatMessage, GenerationParams, LLMBackend, ModelNotFoundError
+from app.llm.base import (
+    ChatMessage,
+    GenerationParams,
+    LLMBackend,
+    ModelNotFoundError,
+    PromptTooLongError,
+)
 from app.llm.openai_backend import OpenAIBackend, estimate_tokens
 from app.llm.transformers_backend import TransformersBackend
 from app.main import create_app
+from app.services.chat import ChatService
+from app.services.gate import GenerationGate
 from app.settings import load_settings
 
 QUESTION = [ChatMessage("user", "What is the capital of France?")]
@@ -98,6 +106,40 @@ def test_seeded_sampling_repeats(backend: LLMBackend) -> None:
     first = run(backend.complete(QUESTION, params))
     second = run(backend.complete(QUESTION, params))
     assert first.text == second.text
+
+
+OPEN = [ChatMessage("user", "Write one sentence about anything you like.")]
+
+
+def test_temperature_seed_and_top_p_are_honoured(backend: LLMBackend) -> None:
+    greedy = run(backend.complete(OPEN, GenerationParams(max_tokens=12))).text
+    sampled = {
+        run(backend.complete(OPEN, GenerationParams(max_tokens=12, temperature=1.5, seed=s))).text
+        for s in range(4)
+    }
+    assert len(sampled) > 1, "different seeds at temperature 1.5 gave one text: not sampling"
+    # a nucleus of (almost) zero mass keeps only the most likely token: greedy again
+    nucleus = {
+        run(
+            backend.complete(
+                OPEN, GenerationParams(max_tokens=12, temperature=1.5, top_p=1e-6, seed=s)
+            )
+        ).text
+        for s in range(2)
+    }
+    assert nucleus == {greedy}
+
+
+def test_remote_refusal_keeps_its_status_on_streams(backend: LLMBackend) -> None:
+    """A prompt over the model's context fails before the stream starts, on both backends:
+    the openai backend only learns it when the remote server answers, so the stream is
+    opened (first chunk awaited) before the response would begin."""
+    # over SmolLM2's 8192 tokens, whatever context the openai backend was told of
+    long = [ChatMessage("user", "word " * max(20_000, 2 * backend.context_length()))]
+    chat = ChatService(backend, GenerationGate(1, 4, 30.0))
+    with pytest.raises(PromptTooLongError):
+        run(chat.open_stream(long, GenerationParams(max_tokens=4)))
+    assert chat.gate.busy == 0  # the slot went back
 
 
 def test_estimate_tokens_counts_cjk_per_character() -> None:

@@ -200,3 +200,41 @@ def test_worker_killed_mid_job_then_restarted(tmp_path: Path, embeddings: NamedE
         assert len(set(reopened.store.ids_of_doc("crash", done.doc_id))) == done.chunks
     finally:
         reopened.close()
+
+
+def _running_job(catalog: Catalog, owner: str, beat_age_s: float) -> str:
+    catalog.create_kb("lease", "model", 3)
+    job = catalog.enqueue("lease", f"doc-{owner}", "f.txt")
+    claimed = catalog.claim(job.id, owner=owner)
+    assert claimed is not None and claimed.state == "running"
+    with catalog.connect() as db:
+        db.execute(
+            "UPDATE jobs SET heartbeat_at = ? WHERE id = ?", (time.time() - beat_age_s, job.id)
+        )
+    return job.id
+
+
+def test_jobs_of_dead_or_silent_workers_are_queued_again(tmp_path: Path) -> None:
+    """The restart and lease rules, on the real SQLite queue: a container restarted with the
+    same hostname and pid (1) is not its previous self; another host's worker is given up
+    only when it has been silent for the lease."""
+    import socket
+
+    from ingest.catalog import process_owner
+
+    catalog = Catalog(tmp_path / "ingest.sqlite")
+    host, pid = socket.gethostname(), os.getpid()
+    mine = _running_job(catalog, process_owner(), beat_age_s=10_000)
+    reborn = _running_job(catalog, f"{host}:{pid}:previous0001", beat_age_s=1)
+    old_format = _running_job(catalog, f"{host}:{pid}", beat_age_s=1)
+    other_fresh = _running_job(catalog, "elsewhere:42:abcdef012345", beat_age_s=5)
+    other_silent = _running_job(catalog, "elsewhere:43:abcdef012345", beat_age_s=700)
+
+    assert catalog.requeue_orphans() == 2  # no lease: only what this host can tell is dead
+    assert catalog.requeue_orphans(lease_s=600) == 1
+    state = {j: catalog.get_job(j).state for j in (mine, reborn, old_format)}  # type: ignore[union-attr]
+    assert state == {mine: "running", reborn: "queued", old_format: "queued"}
+    assert catalog.get_job(other_fresh).state == "running"  # type: ignore[union-attr]
+    assert catalog.get_job(other_silent).state == "queued"  # type: ignore[union-attr]
+    catalog.progress(other_fresh, 1, 2)  # progress renews the lease
+    assert catalog.requeue_orphans(lease_s=4) == 0

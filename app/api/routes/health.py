@@ -22,6 +22,7 @@ async def health(services: ServicesDep, settings: SettingsDep) -> Health:
         device=llm.device if llm else None,
         extra={
             "generating": getattr(llm, "active", None),
+            "cancelled": getattr(llm, "cancelled", None),
             "slots_busy": services.chat.gate.busy if services.chat else 0,
             "waiting": services.chat.gate.waiting if services.chat else 0,
         },
