@@ -126,6 +126,10 @@ async def run(args: argparse.Namespace) -> None:
             f"{pct(rows['ttft'], 50) / pct(rows['bare_ttft'], 50):.2f}x "
             f"(the rest is prefill of the passages); questions={len(questions)}"
         )
+        print(
+            f"retrieval+prompt overhead p50 / bare LLM ttft p50 = "
+            f"{100 * pct(overhead, 50) / pct(rows['bare_ttft'], 50):.1f}% (target <= 15%)"
+        )
     finally:
         services.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 from app.llm.base import (
@@ -19,6 +20,7 @@ from app.llm.base import (
     PromptTooLongError,
     StreamChunk,
 )
+from app.llm.prompting import encode_prompt, render_prompt
 from app.settings.llm import LLMSettings
 
 logger = logging.getLogger(__name__)
@@ -34,17 +36,40 @@ def estimate_tokens(text: str) -> int:
 
 
 class OpenAIBackend(LLMBackend):
-    def __init__(self, client: Any, *, name: str, remote_model: str, context_length: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        name: str,
+        remote_model: str,
+        context_length: int,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+    ) -> None:
         self.client = client
         self.name = name
         self.remote_model = remote_model
         self.device = str(client.base_url)
         self._context = context_length
         self._remote_models: list[str] = []
+        self.tokenizer = tokenizer  # counts tokens exactly when the remote model's is known
+        self.chat_template = chat_template
 
     @classmethod
-    def from_settings(cls, settings: LLMSettings) -> OpenAIBackend:
+    def from_settings(cls, settings: LLMSettings, models_dir: Path | None = None) -> OpenAIBackend:
         from openai import AsyncOpenAI
+
+        tokenizer, template = None, settings.prompt_template
+        if settings.openai.tokenizer:
+            from transformers import AutoTokenizer
+
+            from app.llm.models import resolve_model
+
+            if models_dir is None:
+                raise ValueError("llm.openai.tokenizer needs the models dir to resolve it")
+            resolved = resolve_model(settings.openai.tokenizer, models_dir)
+            tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+            template = template or resolved.chat_template
 
         remote = settings.openai.model or settings.model
         client = AsyncOpenAI(
@@ -58,6 +83,8 @@ class OpenAIBackend(LLMBackend):
             name=settings.served_name or remote,
             remote_model=remote,
             context_length=settings.context_length or settings.openai.context_length,
+            tokenizer=tokenizer,
+            chat_template=template,
         )
 
     async def start(self) -> None:
@@ -76,7 +103,15 @@ class OpenAIBackend(LLMBackend):
         return self._context
 
     def count_tokens(self, text: str) -> int:
-        return estimate_tokens(text)
+        if self.tokenizer is None:
+            return estimate_tokens(text)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        if self.tokenizer is None:
+            return super().count_prompt_tokens(messages)
+        prompt = render_prompt(self.tokenizer, messages, self.chat_template)
+        return len(encode_prompt(self.tokenizer, prompt))
 
     def _remote_name(self, model: str | None) -> str:
         adapter = self.resolve_model(model)

@@ -25,7 +25,9 @@ async def build_llm(settings: Settings) -> LLMBackend | None:
     if settings.llm.backend == "openai":
         from app.llm.openai_backend import OpenAIBackend
 
-        remote = OpenAIBackend.from_settings(settings.llm)
+        remote = await asyncio.to_thread(
+            OpenAIBackend.from_settings, settings.llm, settings.resolved_models_dir
+        )
         await remote.start()
         return remote
     from app.llm.transformers_backend import TransformersBackend

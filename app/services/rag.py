@@ -26,6 +26,7 @@ from app.rag.chain import (
     shell_messages,
 )
 from app.rag.chat_model import GenerationStats, KbqaChatModel
+from app.rag.citations import CitationFilter
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.services.chat import ChatService
 from app.settings.rag import RagSettings
@@ -307,9 +308,11 @@ class RagService:
             "chat_history": history,
         }
         refused = grounded = False
+        citations = CitationFilter(0)
         async for part in chain.astream(inputs):
             if "context" in part:
                 docs: list[Document] = part["context"]
+                citations = CitationFilter(len(docs))
                 grounded = bool(docs)
                 refused = not docs and self.settings.no_answer_policy == "refuse"
                 yield RagEvent(
@@ -319,7 +322,12 @@ class RagService:
                     grounded=grounded,
                 )
             elif part.get("answer"):
-                yield RagEvent("token", text=part["answer"])
+                text = citations.feed(part["answer"])
+                if text:
+                    yield RagEvent("token", text=text)
+        rest = citations.flush()
+        if rest:
+            yield RagEvent("token", text=rest)
         end = time.perf_counter()
         ttft = (stats.first_token - start) * 1000 if stats.first_token else None
         generation_ms = (

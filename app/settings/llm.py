@@ -26,6 +26,14 @@ class OpenAIBackendSettings(Section):
     context_length: int = Field(
         4096, gt=0, description="Context window of the remote model, in tokens (used to budget)."
     )
+    tokenizer: str | None = Field(
+        None,
+        description="A model reference (local dir, cached hub id or packaged name) whose "
+        "tokenizer and chat template count the remote model's tokens exactly, e.g. the "
+        "converted ChatGLM3 dir that vLLM serves. Unset: a tokenizer-free estimate (one token "
+        "per CJK character, 4/3 per word) that budgets conservatively.",
+        examples=["/models/chatglm3-6b-hf"],
+    )
 
 
 class LLMSettings(Section):

@@ -142,6 +142,31 @@ def test_remote_refusal_keeps_its_status_on_streams(backend: LLMBackend) -> None
     assert chat.gate.busy == 0  # the slot went back
 
 
+def test_openai_backend_counts_with_the_remote_models_tokenizer(
+    live: Any, models_dir: Path
+) -> None:
+    """With `llm.openai.tokenizer` the RAG budget counts the remote model's own tokens, chat
+    template included, as the local backend does; without it, the estimate."""
+    local = live.app.state.services.llm
+    overrides = {
+        "llm.backend": "openai",
+        "llm.openai.base_url": f"{live.url}/v1",
+        "llm.model": "smollm2-135m-instruct",
+    }
+    exact = OpenAIBackend.from_settings(
+        load_settings(**overrides, **{"llm.openai.tokenizer": "smollm2-135m-instruct"}).llm,
+        models_dir,
+    )
+    messages = [
+        ChatMessage("system", "Answer briefly."),
+        ChatMessage("user", "等级保护 2.0 是什么？"),
+    ]
+    assert exact.count_prompt_tokens(messages) == local.count_prompt_tokens(messages)
+    assert exact.count_tokens("身份鉴别 identity") == local.count_tokens("身份鉴别 identity")
+    rough = OpenAIBackend.from_settings(load_settings(**overrides).llm)
+    assert rough.tokenizer is None and rough.count_tokens("等级保护") == 4
+
+
 def test_estimate_tokens_counts_cjk_per_character() -> None:
     assert estimate_tokens("等级保护") == 4
     assert estimate_tokens("hello world") == 3

@@ -183,6 +183,44 @@ def test_stream_equals_non_stream_and_repeats_are_identical(
     assert last["usage"] == whole["usage"] and "ttft_ms" in last["timings"]
 
 
+def test_request_knobs_on_the_openai_route(client: httpx.Client) -> None:
+    """knowledge_base as a list, search_mode, top_k, score_threshold and return_sources on
+    /v1/chat/completions, and citation markers within the sources."""
+    from app.rag.citations import cited
+
+    def chat(question: str, **extra: Any) -> dict[str, Any]:
+        body = {"messages": [{"role": "user", "content": question}], **extra}
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    both = chat("大熊猫每天要吃多少竹子？", knowledge_base=["en", "zh"], top_k=3)
+    assert both["sources"][0]["kb"] == "zh" and both["sources"][0]["filename"] == "panda.txt"
+    assert {s["kb"] for s in both["sources"]} <= {"en", "zh"} and len(both["sources"]) <= 3
+    answer = both["choices"][0]["message"]["content"]
+    assert set(cited(answer)) <= set(range(1, len(both["sources"]) + 1))
+    # (passages mode: the relevance gate needs a bigger corpus than this for BM25 alone)
+    mode = {"knowledge_base": "en", "top_k": 1, "answer_mode": "passages"}
+    keyword = chat(EN_Q, search_mode="keyword", **mode)
+    dense = chat(EN_Q, search_mode="dense", **mode)
+    assert keyword["sources"][0]["filename"] == dense["sources"][0]["filename"] == "eiffel.md"
+    assert keyword["sources"][0]["dense_score"] is None  # keyword search alone: no vectors
+    assert dense["sources"][0]["keyword_score"] is None
+    strict = chat(EN_Q, knowledge_base="en", score_threshold=0.9999)
+    assert strict["refused"] is True and strict["sources"] == []
+    quiet = chat(EN_Q, knowledge_base="en", return_sources=False)
+    assert not quiet.get("sources") and quiet["refused"] is False
+    assert quiet["choices"][0]["message"]["content"] == dense_or_default(client)
+
+
+def dense_or_default(client: httpx.Client) -> str:
+    """The default answer to EN_Q over "en" (return_sources changes nothing but the sources)."""
+    body = {"messages": [{"role": "user", "content": EN_Q}], "knowledge_base": "en"}
+    return str(
+        client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    )
+
+
 def test_two_knowledge_bases_together(client: httpx.Client) -> None:
     answer = _ask(client, "en", "大熊猫每天要吃多少竹子？", knowledge_bases=["zh"], top_k=3)
     assert answer["sources"][0]["kb"] == "zh" and answer["sources"][0]["filename"] == "panda.txt"

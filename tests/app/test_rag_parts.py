@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.documents import Document
@@ -181,3 +182,75 @@ def test_reranker_reorders_by_cross_encoder_scores(tmp_path: Path) -> None:
         assert len(set(got)) == 3  # a real reordering signal, not a constant
     finally:
         kb.close()
+
+
+def test_configured_prompt_and_refusal_are_used(models_dir: Path, tmp_path: Path) -> None:
+    """`rag.prompt_en` and `rag.refusal_en` from the settings reach the model and the user."""
+    from app.services.factory import build_services
+
+    settings = load_settings(
+        **{
+            "data_dir": tmp_path,
+            "models_dir": models_dir,
+            "llm.max_new_tokens": 4,
+            "ingest.workers": 0,
+            "rag.prompt_en": "HOUSE RULES. Passages:\n{context}\nQ: {question}",
+            "rag.refusal_en": "Nothing in our documents covers that.",
+        }
+    )
+
+    async def run() -> None:
+        services = await build_services(settings)
+        try:
+            assert services.kb is not None and services.rag is not None
+            llm: Any = services.llm
+            seen: list[list[ChatMessage]] = []
+            original = llm.stream
+
+            def spy(messages: list[ChatMessage], *args: Any, **kwargs: Any) -> Any:
+                seen.append(messages)
+                return original(messages, *args, **kwargs)
+
+            llm.stream = spy
+            services.kb.create_kb("k")
+            services.kb.upload("k", "towers.txt", LONG.encode())
+            services.kb.run_pending(max_jobs=5)
+            off = await services.rag.answer("Qu'est-ce que la photosynthèse?", ["k"])
+            assert off.refused and off.answer == "Nothing in our documents covers that."
+            assert seen == []
+            on = await services.rag.answer("What does the second sentence talk about?", ["k"])
+            assert on.sources and len(seen) == 1
+            prompt = seen[0][-1].content
+            assert prompt.startswith("HOUSE RULES. Passages:\n") and prompt.endswith(
+                "\nQ: What does the second sentence talk about?"
+            )
+            assert "bridges" in prompt
+        finally:
+            services.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("answer", "sources", "expected"),
+    [
+        ("Paris [1] and Lyon [2].", 2, "Paris [1] and Lyon [2]."),
+        ("Paris [1] and Lyon [7].", 2, "Paris [1] and Lyon ."),
+        ("It says [3][1] so.", 2, "It says [1] so."),
+        ("No passages [1].", 0, "No passages ."),
+        ("A list [a] and [12 items] and [", 3, "A list [a] and [12 items] and ["),
+        ("等级保护[2]。", 1, "等级保护。"),
+    ],
+)
+def test_citation_markers_outside_the_sources_are_dropped(
+    answer: str, sources: int, expected: str
+) -> None:
+    from app.rag.citations import CitationFilter
+
+    assert CitationFilter(sources).flush() == ""
+    # any way the stream cuts the answer into tokens gives the same text
+    for size in range(1, len(answer) + 1):
+        citations = CitationFilter(sources)
+        pieces = [answer[i : i + size] for i in range(0, len(answer), size)]
+        out = "".join(citations.feed(p) for p in pieces) + citations.flush()
+        assert out == expected, (size, pieces)

@@ -195,7 +195,15 @@ def test_compare_in_process_files_consistency_and_resume(setup: dict) -> None:
         ci = system["f1"]
         assert ci["low"] <= ci["mean"] <= ci["high"]
         assert system["latency_ms"]["p50"] <= system["latency_ms"]["p95"]
-        assert system["unanswerable"] == 1 and system["refusal_rate"] in (0.0, 1.0)
+        # the rate is what the rows say of the one off-topic question
+        refused = {
+            r["scores"]["refused"] for r in rows if r["system"] == name and not r["answerable"]
+        }
+        assert len(refused) == 1  # greedy: both repeats agree
+        assert system["unanswerable"] == 1 and system["refusal_rate"] == float(refused.pop())
+    # the relevance gate refuses the cake recipe without asking the model
+    assert summary["systems"]["rag"]["refusal_rate"] == 1.0
+    assert summary["systems"]["rag+lora"]["refusal_rate"] == 1.0
     rag = summary["systems"]["rag"]["retrieval"]
     assert rag["questions"] == len(QA) and rag["hit@1"]["mean"] <= rag["hit@k"]["mean"]
     pair = summary["paired"][0]

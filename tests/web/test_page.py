@@ -143,8 +143,11 @@ def test_kb_upload_chat_refusal_delete(
     page.click("#banner button")
     page.fill("#set-key", api_key)
     page.locator("#set-key").dispatch_event("change")
-    page.fill("#set-maxtokens", "32")
-    page.locator("#set-maxtokens").dispatch_event("change")
+    for field, value in (("#set-maxtokens", "32"), ("#set-topk", "3"), ("#set-threshold", "0")):
+        page.fill(field, value)
+        page.locator(field).dispatch_event("change")
+    page.select_option("#set-search", "hybrid")
+    page.select_option("#set-model", "smollm2-135m-instruct")
     shot(page, output_dir, "01-settings-1280")
     page.keyboard.press("Escape")
     assert page.locator("#settings").is_hidden()
@@ -235,6 +238,13 @@ def test_kb_upload_chat_refusal_delete(
     box.press("Enter")
     answer = wait_answer(page, 0)
     assert page.evaluate("window.__lengths.size") >= 2, "the answer did not stream in"
+    # the settings panel's knobs go with the request
+    sent = session.chat_bodies[-1]
+    assert sent["stream"] is True and sent["knowledge_base"] == "manuals"
+    assert (sent["max_tokens"], sent["top_k"], sent["score_threshold"]) == (32, 3, 0)
+    assert (sent["search_mode"], sent["answer_mode"]) == ("hybrid", "generate")
+    assert sent["model"] == "smollm2-135m-instruct"
+    assert answer.locator("li.card").count() <= 3
     classes = answer.get_attribute("class") or ""
     assert "failed" not in classes and "refused" not in classes, answer.inner_text()
     assert answer.locator(".answer-text").inner_text().strip()
