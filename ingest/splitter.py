@@ -179,7 +179,12 @@ class Splitter:
         while i < len(pieces):
             first = pieces[i]
             j = i + 1
-            while j < len(pieces) and pieces[j].end - first.start <= self.chunk_size:
+            # a new page starts a new chunk: every chunk has the one page it cites
+            while (
+                j < len(pieces)
+                and pieces[j].end - first.start <= self.chunk_size
+                and pieces[j].page == first.page
+            ):
                 j += 1
             result.append((first.start, pieces[j - 1].end, first.page))
             if j >= len(pieces):
@@ -191,6 +196,7 @@ class Splitter:
                 and pieces[j - 1].end - pieces[k - 1].start <= self.chunk_overlap
                 and pieces[k - 1].end - pieces[k - 1].start < self.chunk_overlap
                 and pieces[j].end - pieces[k - 1].start <= self.chunk_size
+                and pieces[k - 1].page == pieces[j].page
             ):
                 k -= 1
             i = k

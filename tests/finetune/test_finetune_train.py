@@ -257,3 +257,60 @@ def test_merge_gives_the_adapted_model(
     assert torch.allclose(got, expected, atol=1e-3)
     with pytest.raises(MergeError, match="not empty"):
         merge_adapter(model=MODEL, adapter=run["out"], out=merged_dir, models_dir=models_dir)
+
+
+def test_cli_train_resume_and_merge(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kbqa finetune train` (with --config, progress bar on), `--resume --max-steps` to go
+    further, then `kbqa finetune merge` reading the base model from the run's config."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.setenv("KBQA_MODELS_DIR", str(models_dir))
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(qa(n)) + "\n" for n in NAMES[:8]))
+    config = tmp_path / "lora.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"r": 4, "alpha": 8, "batch_size": 4, "max_length": 64, "threads": 1, "seed": 0}
+        )
+    )
+    out = tmp_path / "adapter"
+    runner = CliRunner()
+    common = ["--data-dir", str(tmp_path / "data"), "--config", str(config)]
+    first = runner.invoke(
+        cli,
+        [
+            "finetune",
+            "train",
+            "--model",
+            MODEL,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            *common,
+        ],
+    )
+    assert first.exit_code == 0, first.output
+    assert "steps=2" in first.output and "KBQA_LLM__ADAPTERS=adapter=" in first.output
+    assert (out / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
+    saved = yaml.safe_load((out / "finetune_config.yaml").read_text())
+    assert saved["finetune"]["r"] == 4 and saved["model"] == MODEL
+    more = runner.invoke(
+        cli, ["finetune", "train", "--out", str(out), "--resume", "--max-steps", "3", *common]
+    )
+    assert more.exit_code == 0, more.output
+    assert "steps=3" in more.output
+    missing = runner.invoke(cli, ["finetune", "train", "--out", str(tmp_path / "x"), *common])
+    assert missing.exit_code != 0 and "--data is required" in missing.output
+    merged = tmp_path / "merged"
+    result = runner.invoke(
+        cli, ["finetune", "merge", "--adapter", str(out), "--out", str(merged), *common]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"base={MODEL}" in result.output and (merged / "config.json").is_file()

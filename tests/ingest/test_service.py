@@ -238,3 +238,64 @@ def test_jobs_of_dead_or_silent_workers_are_queued_again(tmp_path: Path) -> None
     assert catalog.get_job(other_silent).state == "queued"  # type: ignore[union-attr]
     catalog.progress(other_fresh, 1, 2)  # progress renews the lease
     assert catalog.requeue_orphans(lease_s=4) == 0
+
+
+def test_service_on_a_chroma_server_keeps_headings_and_pages(
+    tmp_path: Path, embeddings: NamedEmbeddings, chroma_server: tuple[str, int]
+) -> None:
+    """The whole service with `vectorstore.chroma_host` set (Chroma's HttpClient to a real
+    `chroma run`): a DOCX's heading styles become the heading path, a PDF's page numbers are
+    kept, and deleting a document removes its vectors from the server."""
+    from conftest import make_pdf
+
+    host, port = chroma_server
+    settings = make_settings(tmp_path / "data").model_copy(
+        update={
+            "vectorstore": make_settings(tmp_path).vectorstore.model_copy(
+                update={"chroma_host": host, "chroma_port": port}
+            )
+        }
+    )
+    service = KnowledgeBaseService.from_settings(settings, embeddings)
+    try:
+        assert type(service.store.client).__name__ != "PersistentClient"
+        service.create_kb("served")
+        docx_id = _ingest(
+            service,
+            "served",
+            "manual.docx",
+            make_docx(
+                [
+                    ("h1", "Network security"),
+                    ("h2", "Access control"),
+                    ("p", "Default accounts must be renamed or removed before go-live."),
+                ]
+            ),
+        )
+        pdf_id = _ingest(
+            service,
+            "served",
+            "guide.pdf",
+            make_pdf(
+                [
+                    [
+                        "This guide describes the operations of the data centre.",
+                        "It is written for the operators on duty and their managers.",
+                        "Read it once before the first shift and keep it at hand.",
+                    ],
+                    ["Backups are restored and tested every quarter."],
+                ]
+            ),
+        )
+        [docx_hit] = service.search("served", "renamed default accounts", top_k=1, mode="dense")
+        assert docx_hit.metadata["doc_id"] == docx_id
+        assert docx_hit.metadata["heading_path"] == ["Network security", "Access control"]
+        [pdf_hit] = service.search("served", "how often are backups tested", top_k=1, mode="dense")
+        assert pdf_hit.metadata["doc_id"] == pdf_id and pdf_hit.metadata["page"] == 2
+        before = service.store.count("served")
+        service.delete_document("served", pdf_id)
+        assert service.store.count("served") < before
+        assert service.store.ids_of_doc("served", pdf_id) == []
+    finally:
+        service.delete_kb("served")
+        service.close()

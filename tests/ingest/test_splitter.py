@@ -76,3 +76,11 @@ def test_long_unit_is_cut_by_characters() -> None:
     _, chunks = Splitter(50, 10).split([Segment("字" * 130)])
     assert [len(c.text) for c in chunks] == [50, 50, 50]
     assert chunks[1].start == 40
+
+
+def test_chunks_do_not_span_pages() -> None:
+    lines = [f"Sentence number {i} of the operations guide is here." for i in range(6)]
+    segments = [Segment(text=line, page=1 + i // 3) for i, line in enumerate(lines)]
+    _, chunks = Splitter(chunk_size=200, chunk_overlap=60).split(segments)
+    assert [c.page for c in chunks] == [1, 2]
+    assert "number 3" not in chunks[0].text and chunks[1].text.startswith("Sentence number 3")
