@@ -2,8 +2,10 @@
 
 The tokens of every chunk are persisted in the ingest database next to the chunk, in the same
 transaction that adds, replaces or deletes it, so the keyword index never drifts from Chroma.
-The BM25 matrix (bm25s) is built in memory on the first search after a change (the KB's version
-number in the database says when), also when another process (``kbqa worker``) made the change.
+The BM25 matrix (bm25s) is built in memory from them: by the worker right after a change (before
+its job is marked succeeded), and otherwise on the first search after a change (the KB's version
+number in the database says when), e.g. in an API process when a ``kbqa worker`` process made
+the change, or after a restart.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ class KeywordIndex:
             [tokens], k=min(k, len(ids)), show_progress=False, n_threads=1
         )
         return [(ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+
+    def warm(self, kb: str) -> None:
+        """Build the index of ``kb`` now if it changed (after an ingest or a delete)."""
+        self._index(kb)
 
     def forget(self, kb: str) -> None:
         with self._lock:

@@ -247,6 +247,7 @@ class KnowledgeBaseService:
                     self.catalog.requeue(p.job.id)
                     logger.info("event=job_interrupted job=%s note=requeued", p.job.id)
             pending = []
+        committed = []
         for p in pending:
             if p.failed:
                 continue
@@ -255,6 +256,15 @@ class KnowledgeBaseService:
             except Exception as exc:
                 self._handle(p.job, exc)
                 continue
+            committed.append(p)
+        # the keyword index is rebuilt here, once per knowledge base of the batch, so that a
+        # job's "succeeded" means searchable at full speed, not a rebuild on the next search
+        for kb in sorted({p.job.kb for p in committed}):
+            try:
+                self.keyword.warm(kb)
+            except Exception:  # the next search builds it instead
+                logger.exception("event=keyword_warm_failed kb=%s", kb)
+        for p in committed:
             self.catalog.finish(p.job.id, len(p.chunks))
             logger.info(
                 "event=job_done job=%s kb=%s file=%s chunks=%d batch_jobs=%d seconds=%.2f",
@@ -399,6 +409,7 @@ class KnowledgeBaseService:
         doc = self.get_document(kb, doc_id)
         self.catalog.delete_document(kb, doc_id)
         self.store.delete_doc(kb, doc_id)
+        self.keyword.warm(kb)
         if doc.path:
             Path(doc.path).unlink(missing_ok=True)
 
