@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_docx, make_settings
+from conftest import make_docx, make_pdf, make_settings
 
 from ingest.catalog import Catalog
 from ingest.embeddings import NamedEmbeddings
@@ -246,7 +246,6 @@ def test_service_on_a_chroma_server_keeps_headings_and_pages(
     """The whole service with `vectorstore.chroma_host` set (Chroma's HttpClient to a real
     `chroma run`): a DOCX's heading styles become the heading path, a PDF's page numbers are
     kept, and deleting a document removes its vectors from the server."""
-    from conftest import make_pdf
 
     host, port = chroma_server
     settings = make_settings(tmp_path / "data").model_copy(
