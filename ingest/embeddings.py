@@ -134,10 +134,8 @@ class SentenceTransformerEmbeddings(NamedEmbeddings):
             ) from exc
         self._model = SentenceTransformer(model, device=device)
         # sentence-transformers 6 renamed get_sentence_embedding_dimension; older ones lack it
-        model_ = self._model
-        get_dim = getattr(model_, "get_embedding_dimension", None)
-        get_dim = get_dim or model_.get_sentence_embedding_dimension
-        dim = get_dim()
+        get_dim = getattr(self._model, "get_embedding_dimension", None)
+        dim = (get_dim or self._model.get_sentence_embedding_dimension)()
         self.dim = int(dim) if dim is not None else len(self._model.encode(["dim"])[0])
         self.name = f"sentence-transformers:{model}"
         self.query_instruction = query_instruction

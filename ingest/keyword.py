@@ -17,6 +17,8 @@ from typing import Any
 
 from ingest.catalog import Catalog
 
+logger = logging.getLogger(__name__)
+
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[\w\u3400-\u9fff]+", re.UNICODE)
 _STOP_WORDS = (
@@ -93,8 +95,12 @@ class KeywordIndex:
         return [(ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
 
     def warm(self, kb: str) -> None:
-        """Build the index of ``kb`` now if it changed (after an ingest or a delete)."""
-        self._index(kb)
+        """Build the index of ``kb`` now if it changed (after an ingest or a delete). A failure
+        is logged, not raised: the change is already committed, and the next search builds it."""
+        try:
+            self._index(kb)
+        except Exception:
+            logger.exception("event=keyword_warm_failed kb=%s", kb)
 
     def forget(self, kb: str) -> None:
         with self._lock:

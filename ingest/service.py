@@ -260,10 +260,7 @@ class KnowledgeBaseService:
         # the keyword index is rebuilt here, once per knowledge base of the batch, so that a
         # job's "succeeded" means searchable at full speed, not a rebuild on the next search
         for kb in sorted({p.job.kb for p in committed}):
-            try:
-                self.keyword.warm(kb)
-            except Exception:  # the next search builds it instead
-                logger.exception("event=keyword_warm_failed kb=%s", kb)
+            self.keyword.warm(kb)
         for p in committed:
             self.catalog.finish(p.job.id, len(p.chunks))
             logger.info(

@@ -68,7 +68,9 @@ class OpenAIBackend(LLMBackend):
             if models_dir is None:
                 raise ValueError("llm.openai.tokenizer needs the models dir to resolve it")
             resolved = resolve_model(settings.openai.tokenizer, models_dir)
-            tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+            tokenizer = AutoTokenizer.from_pretrained(
+                resolved.path, trust_remote_code=settings.trust_remote_code
+            )
             template = template or resolved.chat_template
 
         remote = settings.openai.model or settings.model

@@ -210,10 +210,10 @@ def test_request_knobs_on_the_openai_route(client: httpx.Client) -> None:
     assert strict["refused"] is True and strict["sources"] == []
     quiet = chat(EN_Q, knowledge_base="en", return_sources=False)
     assert not quiet.get("sources") and quiet["refused"] is False
-    assert quiet["choices"][0]["message"]["content"] == dense_or_default(client)
+    assert quiet["choices"][0]["message"]["content"] == default_answer(client)
 
 
-def dense_or_default(client: httpx.Client) -> str:
+def default_answer(client: httpx.Client) -> str:
     """The default answer to EN_Q over "en" (return_sources changes nothing but the sources)."""
     body = {"messages": [{"role": "user", "content": EN_Q}], "knowledge_base": "en"}
     return str(
