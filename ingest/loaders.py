@@ -5,15 +5,21 @@ Every failure is a ``DocumentError`` whose message tells a person what is wrong 
 
 from __future__ import annotations
 
+import html
 import io
 import logging
 import re
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 from ingest.errors import DocumentError, InvalidNameError, UnsupportedTypeError
 from ingest.models import Segment
+
+if TYPE_CHECKING:
+    from bs4 import Tag
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +98,35 @@ def load_text(data: bytes, filename: str) -> list[Segment]:
 
 
 def load_markdown(data: bytes, filename: str) -> list[Segment]:
+    """Lines of a Markdown file; HTML blocks are parsed (tables into rows), inline tags stripped.
+
+    Fenced code blocks are kept verbatim.
+    """
     text = decode_text(data, filename)
+    lines = text.splitlines()
     segments: list[Segment] = []
-    in_fence = False
-    for line in text.splitlines():
-        if line.strip().startswith("```"):
-            in_fence = not in_fence
+    fence: str | None = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        marker = stripped[:3] if stripped.startswith(("```", "~~~")) else None
+        if fence is None and marker is None and _starts_html_block(line):
+            end = _html_block_end(lines, i)
+            segments.extend(_markdown_html_block("\n".join(lines[i:end])))
+            i = end
+            continue
+        i += 1
+        if marker is not None and (fence is None or marker == fence):
+            fence = marker if fence is None else None
+        elif fence is None:
+            line = _strip_inline_html(line)
         if not line.strip():
             continue
-        match = None if in_fence else _MD_HEADING.match(line)
+        match = None if fence is not None else _MD_HEADING.match(line)
         if match:
             segments.append(Segment(line, heading_level=len(match.group(1))))
-        elif not in_fence and _MD_TABLE_ROW.match(line):
+        elif fence is None and _MD_TABLE_ROW.match(line):
             segments.append(Segment(line, table_row=True))
         else:
             segments.append(Segment(line))
@@ -218,32 +241,376 @@ def load_html(data: bytes, filename: str) -> list[Segment]:
     text = decode_text(data, filename)
     from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(text, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template"]):
-        tag.decompose()
-    segments: list[Segment] = []
-    blocks = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "tr", "pre", "blockquote", "dt", "dd"]
-    found = soup.find_all(blocks)
-    for element in found:
-        if element.find_parent(blocks) is not None and element.name != "tr":
-            continue  # nested: its text is in the outer block
-        name = element.name
-        if name == "tr":
-            cells = [c.get_text(" ", strip=True) for c in element.find_all(["td", "th"])]
-            if any(cells):
-                segments.append(Segment("| " + " | ".join(cells) + " |", table_row=True))
-            continue
-        value = element.get_text(" ", strip=True)
-        if not value:
-            continue
-        level = int(name[1]) if name in {"h1", "h2", "h3", "h4", "h5", "h6"} else None
-        segments.append(Segment(value, heading_level=level))
-    if not found:  # no block structure: plain text lines
-        body = soup.get_text("\n")
-        segments = [Segment(line.strip()) for line in body.splitlines() if line.strip()]
+    segments = _html_segments(BeautifulSoup(text, "html.parser"))
     if not segments:
         raise DocumentError(f"{filename}: the HTML page holds no text")
     return segments
+
+
+# --- HTML (pages, and HTML blocks inside Markdown) -----------------------------------------
+
+_HTML_BLOCKS = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "blockquote", "dt", "dd"]
+_HEADING_TAGS = ["h1", "h2", "h3", "h4", "h5", "h6"]
+# CommonMark's HTML block start conditions 1 and 6 (a line opening one of these tags)
+_HTML_RAW_TAGS = frozenset({"pre", "script", "style", "textarea"})
+_HTML_BLOCK_TAGS = _HTML_RAW_TAGS | frozenset(
+    re.findall(
+        r"\w+",
+        "address article aside base basefont blockquote body caption center col colgroup dd "
+        "details dialog dir div dl dt fieldset figcaption figure footer form frame frameset h1 h2 "
+        "h3 h4 h5 h6 head header hr html iframe legend li link main menu menuitem nav noframes ol "
+        "optgroup option p param search section summary table tbody td tfoot th thead title tr "
+        "track ul",
+    )
+)
+_HTML_INLINE_TAGS = frozenset(
+    re.findall(
+        r"\w+",
+        "a abbr b bdi bdo big br cite code data del dfn em font i img ins kbd mark q rp rt ruby s "
+        "samp small span strike strong sub sup time tt u var wbr",
+    )
+)
+_HTML_BLOCK_START = re.compile(r"^ {0,3}(?:<!--|</?([A-Za-z][A-Za-z0-9]*)(?=[\s/>]|$))")
+_INLINE_TAG = re.compile(r"<!--.*?-->|</?([A-Za-z][A-Za-z0-9]*)(?:\s[^<>]*)?/?>")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_CODE_SPAN = re.compile(r"(`+[^`]*`+)")
+_AUTOLINK = re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>", re.I)
+
+
+def _starts_html_block(line: str) -> bool:
+    match = _HTML_BLOCK_START.match(line)
+    return match is not None and (match.group(1) or "").lower() in {"", *_HTML_BLOCK_TAGS}
+
+
+def _html_block_end(lines: list[str], start: int) -> int:
+    """The index after the last line of the HTML block starting at ``lines[start]``.
+
+    CommonMark's rules: a comment ends at ``-->``, ``<pre>``/``<script>``/... at their closing
+    tag, any other block at a blank line, except that an open ``<table>`` runs to its end.
+    """
+    first = lines[start]
+    match = _HTML_BLOCK_START.match(first)
+    name = (match.group(1) or "").lower() if match else ""
+    if not name or name in _HTML_RAW_TAGS:
+        close = f"</{name}" if name else "-->"
+        begin = first.find("<!--") + 4 if not name else 0
+        for j in range(start, len(lines)):
+            if close in lines[j].lower()[begin if j == start else 0 :]:
+                return j + 1
+        return len(lines)
+    depth = 0
+    for j in range(start, len(lines)):
+        if not lines[j].strip() and depth <= 0:
+            return j
+        lower = lines[j].lower()
+        depth += len(re.findall(r"<table[\s>]", lower)) - lower.count("</table")
+    if depth <= 0:
+        return len(lines)
+    # a table that is never closed: the block ends at the first blank line
+    return next((j for j in range(start, len(lines)) if not lines[j].strip()), len(lines))
+
+
+def _markdown_html_block(fragment: str) -> list[Segment]:
+    """An HTML block of a Markdown file as segments; its headings written as Markdown ones."""
+    from bs4 import BeautifulSoup
+
+    segments = _html_segments(BeautifulSoup(fragment, "html.parser"))
+    for seg in segments:
+        if seg.heading_level is not None:
+            seg.text = "#" * seg.heading_level + " " + seg.text
+    return segments
+
+
+def _strip_inline_html(line: str) -> str:
+    """A Markdown line without its HTML tags (``<br>`` becomes a space) and entities decoded;
+    code spans are left as they are."""
+    if "<" not in line and "&" not in line:
+        return line
+    parts = _CODE_SPAN.split(line)
+    for k in range(0, len(parts), 2):  # the odd parts are code spans
+        stripped = _AUTOLINK.sub(r"\1", parts[k])
+        stripped = _INLINE_TAG.sub(_inline_tag_text, stripped)
+        stripped = _ENTITY.sub(lambda m: html.unescape(m.group()), stripped)
+        if stripped != parts[k]:
+            parts[k] = re.sub(r"(?<=\S)[ \t\xa0]{2,}", " ", stripped.replace("\xa0", " "))
+    return "".join(parts).rstrip()
+
+
+def _inline_tag_text(match: re.Match[str]) -> str:
+    name = (match.group(1) or "").lower()
+    if match.group().startswith("<!--"):
+        return ""
+    if name not in _HTML_INLINE_TAGS and name not in _HTML_BLOCK_TAGS:
+        return match.group()  # not HTML: `List<T>`, an autolink, ...
+    return " " if name == "br" else ""
+
+
+def _html_segments(root: Tag) -> list[Segment]:
+    """Blocks of parsed HTML in reading order: headings, paragraphs, list items, table rows."""
+    for tag in root(["script", "style", "noscript", "template"]):
+        tag.decompose()
+    segments: list[Segment] = []
+    found = root.find_all([*_HTML_BLOCKS, "table", "tr"])
+    for element in found:
+        in_table = element.find_parent("table") is not None
+        if element.name == "table":
+            if not in_table:  # a nested table is read with the cell holding it
+                segments.extend(_table_segments(element))
+            continue
+        if in_table:
+            continue
+        if element.name == "tr":  # a row without a table (a cut fragment)
+            segments.extend(_table_segments(element))
+            continue
+        if element.find_parent(_HTML_BLOCKS) is not None:
+            continue  # nested: its text is in the outer block
+        value = _block_text(element)
+        if not value:
+            continue
+        name = element.name
+        level = int(name[1]) if name in _HEADING_TAGS else None
+        segments.append(Segment(value, heading_level=level))
+    if not found:  # no block structure: plain text lines
+        body = root.get_text("\n")
+        segments = [Segment(line.strip()) for line in body.splitlines() if line.strip()]
+    return segments
+
+
+def _block_text(element: Tag) -> str:
+    if element.find("table") is None:
+        return element.get_text(" ", strip=True)
+    from bs4.element import NavigableString, PreformattedString
+
+    return " ".join(  # the tables inside are rows of their own
+        text.strip()
+        for text in element.find_all(string=True)
+        if isinstance(text, NavigableString)
+        and not isinstance(text, PreformattedString)
+        and text.strip()
+        and text.find_parent("table") is None
+    )
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+_MARKS = {"√", "✓", "✔", "☑", "✅"}  # a check: "applies"
+_NO_MARKS = {"", "×", "✗", "✘", "✕", "-", "—", "/", "空"}  # an empty check cell
+_LEVEL_NAME = re.compile(
+    r"^(?:第?[一二三四五六七八九十\d]+级|[SAG]\d(?:[SAG]\d)*|(?:level|tier)\s*\d+)$", re.I
+)
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+@dataclass(eq=False)
+class _Cell:
+    text: str
+    header: bool  # a <th>
+    heading_level: int | None  # a cell holding an <h1>..<h6>: a heading over the rows it spans
+    row: int  # the row the cell starts in
+
+
+def _table_segments(table: Tag) -> list[Segment]:
+    """A table (or a lone ``<tr>``) as segments: each body row one line of text, table_row.
+
+    Row and column spans are resolved (a cell with rowspan N belongs to the next N rows). Cells
+    holding a heading (``<h3>`` ...) become heading segments when they start, so that the rows
+    under them carry them as their heading path. A row reads ``header：value；header：value``;
+    with one text column the row is that text, and columns of check marks (√) are listed by
+    the names of the marked columns: ``text（适用等级：二级、三级）``. A table without a
+    header row keeps the ``| a | b |`` form. Repeated rows (same headings, same text) are
+    dropped.
+    """
+    rows = [table] if table.name == "tr" else _own_rows(table)
+    grid = _table_grid(rows)
+    if not grid:
+        return []
+    cjk = any(_CJK.search(cell.text) for line in grid for cell in line if cell is not None)
+    head = 0
+    while head < len(grid) and _is_header_row(grid[head], rows[head]):
+        head += 1
+    names: list[list[str]] = [[] for _ in grid[0]]
+    for line in grid[:head]:
+        for col, cell in enumerate(line):
+            if cell is not None and cell.text and cell.text not in names[col]:
+                names[col].append(cell.text)
+    body = range(head, len(grid))
+    if head and head == len(grid):  # a header and nothing under it
+        body = range(head - 1, len(grid))
+        head = 0
+    marks = _mark_columns(grid, body, names) if head else []
+    text_columns = {
+        col
+        for r in body
+        for col, cell in enumerate(grid[r])
+        if col not in marks and cell is not None and cell.heading_level is None and cell.text
+    }
+    label = _marks_label([names[col] for col in marks], cjk)
+
+    segments: list[Segment] = []
+    path: list[tuple[int, str]] = []  # the headings over the current row
+    unsent: list[tuple[int, str]] = []  # ... of which not yet emitted (no row under them yet)
+    seen: set[tuple[tuple[tuple[int, str], ...], str]] = set()
+    for r in body:
+        line = grid[r]
+        if head and all(c is None or c.text in names[col][-1:] for col, c in enumerate(line)):
+            continue  # the header repeated (or an empty row)
+        fields: list[tuple[str, str]] = []
+        marked: list[str] = []
+        for col, cell in enumerate(line):
+            if cell is None or (col and line[col - 1] is cell):
+                continue
+            if cell.heading_level is not None:
+                if cell.row == r:
+                    level = cell.heading_level
+                    path = [h for h in path if h[0] < level] + [(level, cell.text)]
+                    unsent = [h for h in unsent if h[0] < level] + [(level, cell.text)]
+                continue
+            if col in marks:
+                if cell.text in _MARKS:
+                    marked.append(names[col][-1])
+                continue
+            wide = col + 1 < len(line) and line[col + 1] is cell  # spans several columns
+            header = "" if wide or not names[col] else "/".join(names[col])
+            fields.append((header, cell.text))
+        if not head:
+            text = "| " + " | ".join(value for _, value in fields) + " |"
+            if not any(value for _, value in fields):
+                continue
+        else:
+            fields = [(h, v) for h, v in fields if v]
+            text = _row_text(fields, marked, label, cjk, single=len(text_columns) == 1)
+            if not text:
+                continue
+        key = (tuple(path), text)
+        if key in seen:
+            continue
+        seen.add(key)
+        segments.extend(Segment(title, heading_level=level) for level, title in unsent)
+        unsent = []
+        segments.append(Segment(text, table_row=True))
+    return segments
+
+
+def _row_text(
+    fields: list[tuple[str, str]], marked: list[str], label: str, cjk: bool, *, single: bool
+) -> str:
+    colon, sep, comma = ("：", "；", "、") if cjk else (": ", "; ", ", ")
+    listed = comma.join(marked)
+    if single and len(fields) == 1 and _sentence(fields[0][1]):
+        text = fields[0][1]  # the row's text (no "说明：" before it), the marks after it
+        if not listed:
+            return text
+        return f"{text}（{label}：{listed}）" if cjk else f"{text} ({label}: {listed})"
+    parts = [f"{name}{colon}{value}" if name and name != value else value for name, value in fields]
+    if listed:
+        parts.append(f"{label}{colon}{listed}")
+    return sep.join(parts)
+
+
+def _sentence(text: str) -> bool:
+    """Text that reads on its own, without its column's name before it."""
+    return len(text) >= 20 or re.search(r"[。！？；.!?;][”’\"')）)]*$", text) is not None
+
+
+def _own_rows(table: Tag) -> list[Tag]:
+    return [tr for tr in table.find_all("tr") if tr.find_parent("table") is table]
+
+
+def _table_grid(rows: list[Tag]) -> list[list[_Cell | None]]:
+    """The rows' cells on a grid, spans resolved, columns that always share one cell merged."""
+    grid: list[list[_Cell | None]] = []
+    spanning: dict[int, tuple[_Cell, int]] = {}  # column -> (cell, rows it still covers)
+
+    def carry(line: list[_Cell | None]) -> None:
+        cell, left = spanning.pop(len(line))
+        line.append(cell)
+        if left > 1:
+            spanning[len(line) - 1] = (cell, left - 1)
+
+    for r, tr in enumerate(rows):
+        line: list[_Cell | None] = []
+        for td in tr.find_all(["td", "th"], recursive=False):
+            while len(line) in spanning:
+                carry(line)
+            heading = td.find(_HEADING_TAGS)
+            cell = _Cell(
+                text=_cell_text(td),
+                header=td.name == "th",
+                heading_level=int(heading.name[1]) if heading is not None else None,
+                row=r,
+            )
+            rowspan = _span(td.get("rowspan"), len(rows) - r)
+            for _ in range(_span(td.get("colspan"), 1000)):
+                if rowspan > 1:
+                    spanning[len(line)] = (cell, rowspan - 1)
+                line.append(cell)
+        while spanning and max(spanning) >= len(line):
+            if len(line) in spanning:
+                carry(line)
+            else:
+                line.append(None)
+        grid.append(line)
+    width = max((len(line) for line in grid), default=0)
+    for line in grid:
+        line.extend([None] * (width - len(line)))
+    keep = [
+        col
+        for col in range(width)
+        if col == 0 or any(line[col] is not line[col - 1] for line in grid)
+    ]
+    return [[line[col] for col in keep] for line in grid]
+
+
+def _span(value: object, limit: int) -> int:
+    """A rowspan/colspan attribute as a number in 1..limit (0 = the rest of the table)."""
+    match = re.match(r"\s*(\d+)", str(value or ""))  # lenient: `rowspan=5"` is 5
+    number = int(match.group(1)) if match else 1
+    return limit if number == 0 else max(1, min(number, limit))
+
+
+def _cell_text(td: Tag) -> str:
+    from bs4 import Tag
+    from bs4.element import NavigableString, PreformattedString
+
+    parts: list[str] = []
+    for node in td.descendants:
+        if isinstance(node, Tag) and (node.name == "br" or node.name in _HTML_BLOCK_TAGS):
+            parts.append(" ")
+        elif isinstance(node, NavigableString) and not isinstance(node, PreformattedString):
+            parts.append(str(node))
+    return " ".join("".join(parts).split())
+
+
+def _is_header_row(line: list[_Cell | None], tr: Tag) -> bool:
+    """A row of <th> (or in <thead>); not a row that is one heading cell (a section title)."""
+    cells = list({id(cell): cell for cell in line if cell is not None}.values())
+    if not cells or (len(cells) == 1 and cells[0].heading_level is not None):
+        return False
+    return all(cell.header for cell in cells) or tr.find_parent("thead") is not None
+
+
+def _mark_columns(grid: list[list[_Cell | None]], body: range, names: list[list[str]]) -> list[int]:
+    """The columns whose body cells are all check marks (√) or empty, at least one marked."""
+    columns = []
+    for col, name in enumerate(names):
+        values = {
+            cell.text
+            for r in body
+            if (cell := grid[r][col]) is not None and cell.heading_level is None
+        }
+        if name and values & _MARKS and values <= _MARKS | _NO_MARKS:
+            columns.append(col)
+    return columns
+
+
+def _marks_label(names: list[list[str]], cjk: bool) -> str:
+    """What the marked columns are: their common group header, else 适用等级 / 适用."""
+    groups = {tuple(n[:-1]) for n in names}
+    if len(groups) == 1 and (group := next(iter(groups))):
+        return group[-1]
+    if not cjk:
+        return "applies to"
+    return "适用等级" if names and all(_LEVEL_NAME.match(n[-1]) for n in names) else "适用"
 
 
 def load(

@@ -93,7 +93,7 @@ class Splitter:
     def split(self, segments: list[Segment]) -> tuple[str, list[Chunk]]:
         text, starts = self.join(segments)
         sections: list[tuple[list[str], list[_Unit]]] = []
-        path: list[tuple[int, str]] = []
+        path: list[tuple[int, str, bool]] = []  # (level, title, marked by the loader)
         current: list[_Unit] = []
         current_path: list[str] = []
 
@@ -111,22 +111,26 @@ class Splitter:
         for seg, offset in zip(segments, starts, strict=True):
             level: int | None = seg.heading_level
             title = seg.text.strip().lstrip("#").strip()
+            marked = level is not None
             if level is None and not seg.table_row:
                 found = clause_heading(seg.text)
                 if found is not None:
-                    level, title = found
+                    # a numbered title ranks below the loader's headings above it ("01. 范围"
+                    # under a "## 概述" is not a top-level heading)
+                    base = max((lvl for lvl, _, explicit in path if explicit), default=0)
+                    level, title = base + found[0], found[1]
             if level is not None:
                 close()
                 while path and path[-1][0] >= level:
                     path.pop()
-                path.append((level, title))
-                current_path = [t for _, t in path]
+                path.append((level, title, marked))
+                current_path = [t for _, t, _ in path]
                 current = [*carry, _Unit(offset, offset + len(seg.text), seg.page, heading=True)]
                 carry = []
                 continue
             if not seg.table_row and starts_clause(seg.text) and self._has_body(current):
                 close()
-                current_path = [t for _, t in path]
+                current_path = [t for _, t, _ in path]
             if seg.table_row:
                 current.append(_Unit(offset, offset + len(seg.text), seg.page, hard=True))
             else:

@@ -11,6 +11,7 @@ from conftest import CJK_FONT, make_docx, make_pdf
 
 from ingest.errors import DocumentError, InvalidNameError, UnsupportedTypeError
 from ingest.loaders import check_filename, load
+from ingest.splitter import Splitter
 
 TEXT = "网络安全等级保护分为五级。第一级为自主保护级。"
 
@@ -134,3 +135,123 @@ def test_html_blocks() -> None:
         ("本标准规定了 安全 要求。", None, False),
         ("| a | b |", None, True),
     ]
+
+
+GRADE_TABLE = """\
+## 等级保护
+
+<table>
+  <tr>
+    <th colspan="2">类别</th><th colspan="2">环境</th><th>评测项</th><th>说明</th>
+    <th>一级</th><th>二级</th><th>三级</th>
+  </tr>
+  <tr>
+    <td colspan="2" rowspan="5"><h3>安全通用要求</h3></td>
+    <td colspan="2" rowspan="3"><h4>安全物理环境</h4></td>
+    <td rowspan="2"><h5>物理位置选择</h5></td>
+    <td>机房场地应选择在能防震、防风和防雨的建筑内。</td>
+    <td></td><td>√</td><td>√</td>
+  </tr>
+  <tr>
+    <td>机房场地应选择在能防震、防风和防雨的建筑内。</td>
+    <td></td><td>√</td><td>√</td>
+  </tr>
+  <tr>
+    <td rowspan=1"><h5>防火</h5></td>
+    <td>机房应设置灭火设备。</td><td>✓</td><td></td><td></td>
+  </tr>
+  <tr>
+    <td colspan="2"><h4>安全通信网络</h4></td><td><h5>网络架构</h5></td>
+    <td>应划分不同的网络区域。</td><td></td><td></td><td>✔</td>
+  </tr>
+  <tr>
+    <td colspan="2"><h4>安全物理环境</h4></td><td><h5>防火</h5></td>
+    <td>机房应设置灭火设备。</td><td>✓</td><td></td><td></td>
+  </tr>
+</table>
+
+正文继续。
+"""
+
+
+def test_markdown_html_table_heading_cells_and_marks() -> None:
+    segs = load(GRADE_TABLE.encode(), "grade.md")
+    assert [(s.text, s.heading_level, s.table_row) for s in segs] == [
+        ("## 等级保护", 2, False),
+        ("### 安全通用要求", 3, False),
+        ("#### 安全物理环境", 4, False),
+        ("##### 物理位置选择", 5, False),
+        # the duplicate row under it is dropped
+        ("机房场地应选择在能防震、防风和防雨的建筑内。（适用等级：二级、三级）", None, True),
+        ("##### 防火", 5, False),  # rowspan=1" (a broken attribute) still reads as 1
+        ("机房应设置灭火设备。（适用等级：一级）", None, True),
+        ("#### 安全通信网络", 4, False),
+        ("##### 网络架构", 5, False),
+        ("应划分不同的网络区域。（适用等级：三级）", None, True),
+        # the repeated 安全物理环境 > 防火 row is dropped, its headings too
+        ("正文继续。", None, False),
+    ]
+    assert not any("<" in s.text or ">" in s.text for s in segs)
+    _, chunks = Splitter(500, 80).split(segs)
+    by_text = {line: c.heading_path for c in chunks for line in c.text.splitlines()}
+    assert by_text["应划分不同的网络区域。（适用等级：三级）"] == [
+        "等级保护",
+        "安全通用要求",
+        "安全通信网络",
+        "网络架构",
+    ]
+    fire = by_text["机房应设置灭火设备。（适用等级：一级）"]
+    assert fire == ["等级保护", "安全通用要求", "安全物理环境", "防火"]
+
+
+def test_html_page_table_is_read_like_the_markdown_one() -> None:
+    start, end = GRADE_TABLE.index("<table>"), GRADE_TABLE.index("</table>") + 8
+    segs = load(f"<html><body>{GRADE_TABLE[start:end]}</body></html>".encode(), "grade.html")
+    md = load(GRADE_TABLE.encode(), "grade.md")[1:-1]
+    assert [(s.text, s.heading_level, s.table_row) for s in segs] == [
+        (s.text.lstrip("#").strip(), s.heading_level, s.table_row) for s in md
+    ]
+
+
+def test_markdown_generic_html_table() -> None:
+    md = (
+        "<table>\n<thead><tr><th>姓名</th><th>部门</th><th>电话</th></tr></thead>\n"
+        "<tbody>\n<tr><td>张三</td><td rowspan='2'>安全部</td><td>123</td></tr>\n\n"  # blank line
+        "<tr><td>李四</td><td>456</td></tr>\n</tbody>\n</table>\n"
+        "<table><tr><td>a</td><td>b</td></tr></table>\n"
+        "<table><tr><th>Requirement</th><th>Level 1</th><th>Level 2</th></tr>"
+        "<tr><td>Use MFA.</td><td></td><td>✔</td></tr></table>\n"
+    )
+    segs = load(md.encode(), "people.md")
+    assert [(s.text, s.table_row) for s in segs] == [
+        ("姓名：张三；部门：安全部；电话：123", True),
+        ("姓名：李四；部门：安全部；电话：456", True),
+        ("| a | b |", True),  # no header row: the | a | b | form
+        ("Use MFA. (applies to: Level 2)", True),
+    ]
+
+
+def test_markdown_inline_html_is_stripped() -> None:
+    TAIL = "List<T> 与 a < b。"  # not HTML: kept
+    md = (
+        '## <a name="scope"></a>范围\n'
+        '第一行<br>第二行，<b>加粗</b>与<font color="red">红字</font>&amp;，'
+        "见 <https://example.com/a>，`<b>code</b>`，" + TAIL + "\n"
+        "<!-- 注释\n跨行 -->\n"
+        '<div align="center">\n<img src="a.png"><br>图 1 架构\n</div>\n\n'
+        "![图](img/a.png)\n"
+    )
+    segs = load(md.encode(), "a.md")
+    assert [(s.text, s.heading_level) for s in segs] == [
+        ("## 范围", 2),
+        ("第一行 第二行，加粗与红字&，见 https://example.com/a，`<b>code</b>`，" + TAIL, None),
+        ("图 1 架构", None),
+        ("![图](img/a.png)", None),
+    ]
+
+
+def test_markdown_fenced_html_is_kept_verbatim() -> None:
+    lines = ["```html", "<table>", "  <tr><td><h3>x</h3></td></tr>", "</table>", "```"]
+    segs = load(("\n".join(["# 示例", *lines, "<b>后</b>"]) + "\n").encode(), "code.md")
+    assert [s.text for s in segs] == ["# 示例", *lines, "后"]
+    assert not any(s.heading_level or s.table_row for s in segs[1:])

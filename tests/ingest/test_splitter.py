@@ -84,3 +84,16 @@ def test_chunks_do_not_span_pages() -> None:
     _, chunks = Splitter(chunk_size=200, chunk_overlap=60).split(segments)
     assert [c.page for c in chunks] == [1, 2]
     assert "number 3" not in chunks[0].text and chunks[1].text.startswith("Sentence number 3")
+
+
+def test_numbered_titles_rank_below_the_loaders_headings() -> None:
+    segments = [
+        Segment("## 概述", heading_level=2),
+        Segment("01. 安全物理环境"),
+        Segment("针对物理机房提出的安全控制要求。"),
+        Segment("### 细则", heading_level=3),
+        Segment("机房应设置灭火设备。"),
+    ]
+    _, chunks = Splitter(200, 20).split(segments)
+    # "01. 安全物理环境" is a title under "## 概述", not a level-1 heading above it
+    assert [c.heading_path for c in chunks] == [["概述", "01. 安全物理环境"], ["概述", "细则"]]
