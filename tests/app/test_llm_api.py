@@ -1,5 +1,7 @@
-"""The OpenAI-compatible API on a real uvicorn server with the packaged SmolLM2 model,
-driven by httpx, the official openai SDK and LangChain's ChatOpenAI."""
+"""The OpenAI-compatible API on a real uvicorn server with the packaged SmolLM2 model, on
+both in-process backends (transformers, and llamacpp from the same model's GGUF, with the
+peft adapter converted to a GGUF LoRA), driven by httpx, the official openai SDK and
+LangChain's ChatOpenAI."""
 
 from __future__ import annotations
 
@@ -39,9 +41,12 @@ def make_adapter(models_dir: Path, out: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
 def server(
-    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any
+    request: pytest.FixtureRequest,
+    models_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    live_server_factory: Any,
 ) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("llm-api")
     adapter = make_adapter(models_dir, tmp / "adapter")
@@ -49,6 +54,7 @@ def server(
         **{
             "data_dir": tmp / "data",
             "models_dir": models_dir,
+            "llm.backend": request.param,
             "api_keys": [KEY],
             "llm.context_length": 1024,
             "llm.max_queue": 0,

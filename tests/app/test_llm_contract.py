@@ -1,5 +1,6 @@
 """One contract suite for the LLM interface, run against every backend: the in-process
-transformers backend, and the openai backend talking to a real kbqa server on 127.0.0.1."""
+transformers backend (packaged SmolLM2), the in-process llamacpp backend (the packaged Qwen
+that is the CPU default), and the openai backend talking to a real kbqa server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from app.llm.base import (
     ModelNotFoundError,
     PromptTooLongError,
 )
+from app.llm.llamacpp_backend import LlamaCppBackend
 from app.llm.openai_backend import OpenAIBackend, estimate_tokens
 from app.llm.transformers_backend import TransformersBackend
 from app.main import create_app
@@ -40,8 +42,25 @@ def live(
         yield server
 
 
-@pytest.fixture(params=["transformers", "openai"])
+@pytest.fixture(scope="module")
+def llamacpp(models_dir: Path) -> Iterator[LlamaCppBackend]:
+    settings = load_settings(
+        **{
+            "llm.backend": "llamacpp",
+            "llm.model": "qwen2.5-coder-0.5b-instruct",
+            "models_dir": models_dir,
+        }
+    )
+    llm = LlamaCppBackend.load(settings.llm, settings.resolved_models_dir)
+    yield llm
+    llm.close()
+
+
+@pytest.fixture(params=["transformers", "llamacpp", "openai"])
 def backend(request: pytest.FixtureRequest, live: Any) -> LLMBackend:
+    if request.param == "llamacpp":
+        llm: LLMBackend = request.getfixturevalue("llamacpp")
+        return llm
     if request.param == "transformers":
         llm = live.app.state.services.llm
         assert isinstance(llm, TransformersBackend)
@@ -74,7 +93,7 @@ async def collect(backend: LLMBackend, params: GenerationParams) -> tuple[str, A
 
 
 def test_models_lists_base_first(backend: LLMBackend) -> None:
-    assert backend.models()[0].id == "smollm2-135m-instruct"
+    assert backend.models()[0].id == backend.name
     assert backend.context_length() > 0
     assert backend.count_tokens("hello world") > 0
 

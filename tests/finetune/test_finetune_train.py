@@ -1,6 +1,7 @@
 """LoRA SFT on the packaged SmolLM2: one short run, interrupted by Ctrl-C (SIGINT) half way and
 resumed, teaches 20 made-up facts; the live API then answers with the adapter while the base
-model does not. Also: prompt masking, the output files, merging."""
+model does not, on transformers and on llama.cpp (adapter converted to GGUF). Also: prompt
+masking, the output files, merging."""
 
 from __future__ import annotations
 
@@ -190,15 +191,20 @@ def test_loss_only_on_answer_tokens_with_the_service_template(models_dir: Path) 
     assert encode_example(tokenizer, messages, None, len(answer) - 1) is None
 
 
-@pytest.fixture(scope="module")
-def server(run: dict[str, Any], models_dir: Path, live_server_factory: Any) -> Iterator[Any]:
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def server(
+    request: pytest.FixtureRequest, run: dict[str, Any], models_dir: Path, live_server_factory: Any
+) -> Iterator[Any]:
+    """The trained adapter served next to its base: on transformers (peft), and on llama.cpp
+    (the base from its GGUF, the adapter converted to a GGUF LoRA)."""
     from app.main import create_app
     from app.settings import load_settings
 
     app_settings = load_settings(
         **{
-            "data_dir": run["out"].parent / "data",
+            "data_dir": run["out"].parent / f"data-{request.param}",
             "models_dir": models_dir,
+            "llm.backend": request.param,
             "llm.context_length": 512,
             "llm.threads": 1,  # see settings(): shared cores
             "llm.adapters": {"codeword-lora": str(run["out"])},

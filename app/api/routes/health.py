@@ -18,7 +18,7 @@ async def health(services: ServicesDep, settings: SettingsDep) -> Health:
         status="ok" if (llm is not None) == wanted else "degraded",
         model_loaded=llm is not None,
         model=llm.name if llm else None,
-        backend=settings.llm.backend,
+        backend=getattr(llm, "kind", None) or settings.llm.backend,
         device=llm.device if llm else None,
         extra={
             "generating": getattr(llm, "active", None),

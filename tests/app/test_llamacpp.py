@@ -1,0 +1,130 @@
+"""What the llamacpp backend adds beyond the shared contract (tests/app/test_llm_contract.py):
+the packaged Qwen (joined from its wheels, checked), the CPU default, parallel slots, exact
+prompt counts, and Chinese answers from the real default model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.llm.base import ChatMessage, GenerationParams
+from app.llm.llamacpp_backend import LlamaCppBackend
+from app.llm.models import (
+    PACKAGED,
+    QWEN_05B,
+    GgufParts,
+    ModelReferenceError,
+    gguf_of,
+    join_parts,
+)
+from app.services.factory import backend_kind
+from app.settings import load_settings
+
+QWEN = "qwen2.5-coder-0.5b-instruct"
+PASSAGE = "等级保护2.0采用的防护理念是“一个中心，三重防护”。"
+
+
+@pytest.fixture(scope="module")
+def qwen(models_dir: Path) -> Iterator[LlamaCppBackend]:
+    settings = load_settings(
+        **{
+            "llm.backend": "llamacpp",
+            "llm.model": QWEN,
+            "llm.max_concurrency": 2,
+            "models_dir": models_dir,
+        }
+    )
+    llm = LlamaCppBackend.load(settings.llm, settings.resolved_models_dir)
+    yield llm
+    llm.close()
+
+
+def test_packaged_qwen_is_joined_and_checked(models_dir: Path) -> None:
+    path = gguf_of(QWEN, models_dir)
+    assert path is not None and path.stat().st_size == QWEN_05B.size
+    assert PACKAGED[QWEN].license.startswith("Apache-2.0")
+
+
+def test_a_join_with_the_wrong_hash_is_refused(tmp_path: Path) -> None:
+    tampered = dataclasses.replace(QWEN_05B, sha256="0" * 64)
+    dest = tmp_path / "model.gguf"
+    with pytest.raises(ModelReferenceError, match="sha256") as caught:
+        join_parts(tampered, "tampered", dest)
+    assert "pip install --force-reinstall" in str(caught.value)
+    assert not dest.exists() and list(tmp_path.iterdir()) == []  # nothing half-written left
+
+
+def test_missing_wheels_name_the_install_command(tmp_path: Path) -> None:
+    missing = GgufParts(
+        ("kbqa-no-such-part1",), "1.0", "x/part{index:02d}.bin", 1, "0" * 64, "r.txt"
+    )
+    with pytest.raises(ModelReferenceError, match=r"not installed.*--require-hashes -r r\.txt"):
+        join_parts(missing, "missing", tmp_path / "m.gguf")
+
+
+def test_auto_is_llamacpp_for_gguf_on_cpu_and_transformers_for_dirs(tmp_path: Path) -> None:
+    def kind(**overrides: object) -> str:
+        return backend_kind(load_settings(**{"llm.backend": "auto", **overrides}))
+
+    assert kind(**{"llm.model": QWEN}) == "llamacpp"
+    assert kind(**{"llm.model": str(tmp_path / "model.gguf")}) == "llamacpp"
+    assert kind(**{"llm.model": str(tmp_path)}) == "transformers"
+    assert kind(**{"llm.model": "Qwen/Qwen2.5-7B-Instruct"}) == "transformers"
+
+
+def test_service_default_is_the_packaged_qwen_on_llamacpp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KBQA_LLM__MODEL", raising=False)
+    monkeypatch.delenv("KBQA_LLM__BACKEND", raising=False)
+    settings = load_settings()
+    assert settings.llm.model == "qwen2.5-coder-1.5b-instruct" and settings.llm.backend == "auto"
+    assert backend_kind(settings) == "llamacpp"  # this machine has no CUDA or MPS
+
+
+def test_answers_chinese_from_its_passage(qwen: LlamaCppBackend) -> None:
+    messages = [ChatMessage("user", f"资料：{PASSAGE}\n问题：等级保护2.0采用的防护理念是什么？")]
+    answer = asyncio.run(qwen.complete(messages, GenerationParams(max_tokens=48)))
+    assert "一个中心，三重防护" in answer.text
+    assert answer.prompt_tokens == qwen.count_prompt_tokens(messages)  # exact, template included
+
+
+def test_greedy_answers_repeat_exactly_with_other_requests_between(
+    qwen: LlamaCppBackend,
+) -> None:
+    """One exact answer per question: no prompt cache by default, so a repeated question is
+    computed the same way every time, whatever ran in its slot before."""
+    first = [ChatMessage("user", "用一句话介绍北京。")]
+    other = [ChatMessage("user", "用一句话介绍北京和上海的区别。")]
+    params = GenerationParams(max_tokens=24)
+
+    async def sequence() -> list[str]:
+        return [(await qwen.complete(q, params)).text for q in (first, other, first, first)]
+
+    answers = asyncio.run(sequence())
+    assert answers[0] == answers[2] == answers[3]
+
+
+def test_both_slots_run_at_once(qwen: LlamaCppBackend) -> None:
+    """With two slots, two requests are in llama.cpp at the same moment (continuous batching,
+    measured in bench/llm_backends.py), not queued behind each other."""
+    seen = 0
+
+    async def watch(task: asyncio.Future[object]) -> None:
+        nonlocal seen
+        while not task.done():
+            seen = max(seen, qwen.active)
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        params = GenerationParams(max_tokens=32, stop=["never-appears-xyz"])
+        both = asyncio.gather(
+            *(qwen.complete([ChatMessage("user", f"数到{n}。")], params) for n in (20, 30))
+        )
+        await watch(both)
+        await both
+
+    asyncio.run(main())
+    assert seen == 2
