@@ -39,6 +39,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableBranch, RunnableLambda
 
 from app.llm.base import ChatMessage
+from app.rag.focus import focus
 from app.settings.rag import RagSettings
 from ingest.splitter import split_sentences
 
@@ -133,6 +134,14 @@ class Budget:
         return best
 
 
+def focused(doc: Document, question: str, max_chars: int) -> Document:
+    """The passage cut to its sentences that matter for the question (app.rag.focus)."""
+    text = focus(doc.page_content, question, max_chars)
+    if text == doc.page_content:
+        return doc
+    return Document(page_content=text, metadata={**doc.metadata, "focused": True}, id=doc.id)
+
+
 def shell_messages(
     prompts: Prompts, question: str, system_prompt: str | None, history: list[ChatMessage]
 ) -> list[ChatMessage]:
@@ -166,6 +175,7 @@ def build_rag_chain(
     system_prompt: str | None,
     no_answer_policy: Literal["refuse", "fallback"],
     timings: ChainTimings | None = None,
+    passage_max_chars: int = 0,
 ) -> Runnable:
     """The chain for one request. Input keys: ``input`` and ``question`` (the question as
     asked), ``query`` (the question with earlier ones in front: retrieval's second try),
@@ -194,6 +204,7 @@ def build_rag_chain(
             docs = await retriever.ainvoke(inputs["query"])
         fitted = time.perf_counter()
         timings.retrieval_ms = (fitted - start) * 1000
+        docs = [focused(doc, inputs["input"], passage_max_chars) for doc in docs]
         # numbered before fitting (the count sees the text as sent); the kept passages are a
         # prefix, so their numbers stay 1..n
         docs = number_documents(docs)

@@ -45,3 +45,27 @@ class CitationFilter:
 def cited(text: str) -> list[int]:
     """The marker numbers in an answer, in order."""
     return [int(n) for n in _MARKER.findall(text)]
+
+
+_CONTENT = re.compile(r"[^\W_]", re.UNICODE)  # a letter, digit or CJK character
+_MARKER_OR_START = re.compile(r"\[\d*\]?")  # "[1]", or "[1" still to be closed
+
+
+class ContentGate:
+    """Holds an answer back until it says something besides citation markers, spaces and
+    punctuation: an answer that is only "[1]" (a small model's habit) must never reach the
+    user. ``answered`` tells at the end whether anything was let through."""
+
+    def __init__(self) -> None:
+        self._held = ""
+        self.answered = False
+
+    def feed(self, text: str) -> str:
+        if self.answered:
+            return text
+        self._held += text
+        if _CONTENT.search(_MARKER_OR_START.sub("", self._held)):
+            self.answered = True
+            text, self._held = self._held, ""
+            return text
+        return ""

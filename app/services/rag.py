@@ -26,11 +26,13 @@ from app.rag.chain import (
     shell_messages,
 )
 from app.rag.chat_model import GenerationStats, KbqaChatModel
-from app.rag.citations import CitationFilter
+from app.rag.citations import CitationFilter, ContentGate
+from app.rag.focus import relevance
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.services.chat import ChatService
 from app.settings.rag import RagSettings
 from ingest.models import SearchMode
+from ingest.splitter import split_sentences
 
 if TYPE_CHECKING:
     from app.rag.reranker import CrossEncoderReranker
@@ -97,6 +99,14 @@ def source_of(doc: Document) -> dict[str, Any]:
         "end": meta.get("end"),
         "truncated": bool(meta.get("truncated", False)),
     }
+
+
+def extractive_answer(question: str, docs: list[Document]) -> str:
+    """The sentence of the first passage that shares most with the question, cited."""
+    text = docs[0].page_content
+    sentences = [text[a:b].strip() for a, b in split_sentences(text)]
+    best = max(sentences or [text], key=lambda s: relevance(s, question))
+    return f"{best} [1]"
 
 
 def to_lc_messages(history: list[ChatMessage]) -> list[BaseMessage]:
@@ -299,6 +309,7 @@ class RagService:
             system_prompt=system,
             no_answer_policy=self.settings.no_answer_policy,
             timings=timings,
+            passage_max_chars=self.settings.passage_max_chars,
         )
         inputs = {
             "input": question,
@@ -309,9 +320,11 @@ class RagService:
         }
         refused = grounded = False
         citations = CitationFilter(0)
+        gate = ContentGate()
+        docs: list[Document] = []
         async for part in chain.astream(inputs):
             if "context" in part:
-                docs: list[Document] = part["context"]
+                docs = part["context"]
                 citations = CitationFilter(len(docs))
                 grounded = bool(docs)
                 refused = not docs and self.settings.no_answer_policy == "refuse"
@@ -322,12 +335,15 @@ class RagService:
                     grounded=grounded,
                 )
             elif part.get("answer"):
-                text = citations.feed(part["answer"])
+                text = gate.feed(citations.feed(part["answer"]))
                 if text:
                     yield RagEvent("token", text=text)
-        rest = citations.flush()
+        rest = gate.feed(citations.flush())
         if rest:
             yield RagEvent("token", text=rest)
+        if not gate.answered and grounded:
+            # the model said nothing but markers: the passage's own best sentence instead
+            yield RagEvent("token", text=extractive_answer(question, docs))
         end = time.perf_counter()
         ttft = (stats.first_token - start) * 1000 if stats.first_token else None
         generation_ms = (

@@ -254,3 +254,46 @@ def test_citation_markers_outside_the_sources_are_dropped(
         pieces = [answer[i : i + size] for i in range(0, len(answer), size)]
         out = "".join(citations.feed(p) for p in pieces) + citations.flush()
         assert out == expected, (size, pieces)
+
+
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [("[1]", False), (" [1][2]。", False), ("[1] 一个中心", True), ("三重防护[1]", True)],
+)
+def test_an_answer_of_markers_alone_is_held_back(answer: str, shown: bool) -> None:
+    from app.rag.citations import ContentGate
+
+    for size in range(1, len(answer) + 1):
+        gate = ContentGate()
+        out = "".join(gate.feed(answer[i : i + size]) for i in range(0, len(answer), size))
+        assert gate.answered is shown and out == (answer if shown else "")
+
+
+def test_long_passages_keep_the_sentences_about_the_question() -> None:
+    from app.rag.focus import GAP, focus
+
+    text = (
+        "第一章介绍了历史背景。本标准适用于网络运营者。"
+        "等级保护2.0采用的防护理念是一个中心、三重防护。"
+        "其中安全管理中心负责统一管理。附录列出了参考文献和术语。"
+    )
+    question = "等级保护2.0的防护理念是什么？"
+    assert focus(text, question, 0) == text and focus(text, question, len(text)) == text
+    short = focus(text, question, 40)
+    assert "防护理念是一个中心、三重防护" in short and len(short) < len(text)
+    assert "参考文献" not in short
+    # kept sentences stay in document order; a gap marks text left out between them
+    wide = focus(text, question, 60)
+    assert wide.index("防护理念") < wide.index("安全管理中心")
+    assert GAP not in focus(text, question, 40) or wide.count(GAP) <= 1
+
+
+def test_marker_only_answers_become_the_passages_best_sentence() -> None:
+    from langchain_core.documents import Document
+
+    from app.services.rag import extractive_answer
+
+    doc = Document("本标准适用于网络运营者。等级保护2.0采用的防护理念是一个中心、三重防护。")
+    assert extractive_answer("防护理念是什么", [doc]) == (
+        "等级保护2.0采用的防护理念是一个中心、三重防护。 [1]"
+    )
