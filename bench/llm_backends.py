@@ -142,8 +142,8 @@ def main() -> None:
         hf.close()
         print(f"transformers : ttft={t_ttft:6.2f}s decode={t_decode:6.1f} tok/s")
         print(
-            f"llamacpp / transformers: decode {l_decode / t_decode:.1f}x (goal >= 5x), "
-            f"ttft {t_ttft / l_ttft:.1f}x faster"
+            f"llamacpp / transformers: decode {l_decode / t_decode:.1f}x (goal >= 5x); "
+            f"time to first token {l_ttft / t_ttft:.2f}x transformers' (prefill)"
         )
     bandwidth = max(memory_bandwidth(1), memory_bandwidth(os.cpu_count() or 1))
     limit = bandwidth / per_token

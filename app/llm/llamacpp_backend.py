@@ -68,7 +68,7 @@ class LlamaCppBackend(InProcessBackend):
         self.server = server
         self.name = name
         self.gguf = gguf
-        self.device = "cpu (llama.cpp)"
+        self.device = "cpu"  # the PyPI wheel is a CPU build (GPU builds: llm.llamacpp.gpu_layers)
         self._context = context_length
         self.default_stop = list(stop or [])
         self.adapters = list(adapters or [])

@@ -20,9 +20,18 @@ from app.settings import load_settings
 
 KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# a request that keeps its slot busy for many tokens (a chat model answers the question above
+# in a dozen tokens and ends)
+LONG = [{"role": "user", "content": "Write a very long story about a journey around France."}]
 
 
-def make_adapter(models_dir: Path, out: Path) -> Path:
+# each in-process backend with its model: transformers runs the tiny SmolLM2, llama.cpp the
+# packaged Qwen-0.5B (the CPU default's family; SmolLM2's Q4 weights on llama.cpp answer the
+# question below with something else than transformers' fp32 copy does)
+MODELS = {"transformers": "smollm2-135m-instruct", "llamacpp": "qwen2.5-coder-0.5b-instruct"}
+
+
+def make_adapter(models_dir: Path, out: Path, model: str = MODELS["transformers"]) -> Path:
     """A LoRA adapter with random (non-zero) weights: it must change the model's answers."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -31,9 +40,7 @@ def make_adapter(models_dir: Path, out: Path) -> Path:
     from app.llm.models import resolve_model
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(
-        resolve_model("smollm2-135m-instruct", models_dir).path
-    )
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(model, models_dir).path)
     config = LoraConfig(
         r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
@@ -49,12 +56,14 @@ def server(
     live_server_factory: Any,
 ) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("llm-api")
-    adapter = make_adapter(models_dir, tmp / "adapter")
+    model = MODELS[request.param]
+    adapter = make_adapter(models_dir, tmp / "adapter", model)
     settings = load_settings(
         **{
             "data_dir": tmp / "data",
             "models_dir": models_dir,
             "llm.backend": request.param,
+            "llm.model": model,
             "api_keys": [KEY],
             "llm.context_length": 1024,
             "llm.max_queue": 0,
@@ -62,6 +71,7 @@ def server(
         }
     )
     with live_server_factory(create_app(settings)) as live:
+        live.model = model
         yield live
 
 
@@ -97,10 +107,10 @@ def test_bad_key_is_401_in_openai_shape(server: Any, header: str | None) -> None
     assert response.json()["error"]["type"] == "authentication_error"
 
 
-def test_models_lists_base_and_adapter(client: httpx.Client) -> None:
+def test_models_lists_base_and_adapter(client: httpx.Client, server: Any) -> None:
     data = client.get("/v1/models").json()["data"]
-    assert [m["id"] for m in data] == ["smollm2-135m-instruct", "test-lora"]
-    assert data[1]["parent"] == "smollm2-135m-instruct"
+    assert [m["id"] for m in data] == [server.model, "test-lora"]
+    assert data[1]["parent"] == server.model
 
 
 def test_chat_non_stream_and_greedy_is_stable(client: httpx.Client) -> None:
@@ -187,7 +197,7 @@ def test_errors_in_openai_shape(client: httpx.Client) -> None:
 
 def test_queue_full_is_503_with_retry_after(client: httpx.Client, server: Any) -> None:
     body = {
-        "messages": QUESTION,
+        "messages": LONG,
         "max_tokens": 400,
         "stream": True,
         "stop": ["never-appears-xyz"],
@@ -211,7 +221,7 @@ def test_queue_full_is_503_with_retry_after(client: httpx.Client, server: Any) -
 
 def test_disconnect_stops_generation(client: httpx.Client, server: Any) -> None:
     body = {
-        "messages": QUESTION,
+        "messages": LONG,
         "max_tokens": 1000,
         "stream": True,
         "temperature": 1.0,
@@ -245,7 +255,7 @@ def test_event_loop_not_blocked_during_generation(client: httpx.Client, server: 
     def generate() -> None:
         result["r"] = client.post(
             "/v1/chat/completions",
-            json={"messages": QUESTION, "max_tokens": 60, "stop": ["never-appears-xyz"]},
+            json={"messages": LONG, "max_tokens": 60, "stop": ["never-appears-xyz"]},
         )
 
     worker = threading.Thread(target=generate)
@@ -264,17 +274,15 @@ def test_openai_sdk_stream_and_non_stream(server: Any) -> None:
     from openai import OpenAI
 
     sdk = OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
-    whole = sdk.chat.completions.create(
-        model="smollm2-135m-instruct", messages=QUESTION, max_tokens=24
-    )
+    whole = sdk.chat.completions.create(model=server.model, messages=QUESTION, max_tokens=24)
     text = whole.choices[0].message.content
     assert text and "Paris" in text
     stream = sdk.chat.completions.create(
-        model="smollm2-135m-instruct", messages=QUESTION, max_tokens=24, stream=True
+        model=server.model, messages=QUESTION, max_tokens=24, stream=True
     )
     streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert streamed == text
-    assert [m.id for m in sdk.models.list()] == ["smollm2-135m-instruct", "test-lora"]
+    assert [m.id for m in sdk.models.list()] == [server.model, "test-lora"]
     from openai import AuthenticationError, NotFoundError
 
     with pytest.raises(NotFoundError):
@@ -289,7 +297,7 @@ def test_langchain_chat_openai(server: Any) -> None:
     llm = ChatOpenAI(
         base_url=f"{server.url}/v1",
         api_key=KEY,
-        model="smollm2-135m-instruct",
+        model=server.model,
         temperature=0,
         max_tokens=24,
     )

@@ -37,7 +37,7 @@ def test_train_on_the_default_model_and_serve_the_adapter_on_llamacpp(
         "r": 16,
         "alpha": 32,
         "dropout": 0.0,
-        "learning_rate": 5e-3,
+        "learning_rate": 1e-3,
         "lr_scheduler": "constant",
         "warmup_ratio": 0.0,
         "batch_size": 1,
