@@ -174,6 +174,11 @@ class LlamaCppBackend(InProcessBackend):
     def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return len(self._tokenize(self.render(messages), special=True))
 
+    def processing(self) -> int:
+        """llama.cpp slots decoding right now (its own /slots view, not this process's)."""
+        slots = self._http.get("/slots").json()
+        return sum(1 for slot in slots if slot.get("is_processing"))
+
     def render(self, messages: list[ChatMessage]) -> str:
         """The prompt as llama.cpp renders it (the GGUF's chat template or the configured)."""
         body = {"messages": [{"role": m.role, "content": m.content} for m in messages]}

@@ -34,15 +34,28 @@ def relevance(sentence: str, question: str) -> float:
     return sum(2.0 if len(f) == 2 and _CJK.match(f[0]) else 1.0 for f in shared)
 
 
+def sentences_of(text: str) -> list[str]:
+    return [text[a:b].strip() for a, b in split_sentences(text)]
+
+
+def _best(sentences: list[str], question: str) -> int:
+    return max(range(len(sentences)), key=lambda i: relevance(sentences[i], question))
+
+
+def best_sentence(text: str, question: str) -> str:
+    """The sentence of ``text`` that shares most with the question."""
+    sentences = sentences_of(text) or [text]
+    return sentences[_best(sentences, question)]
+
+
 def focus(text: str, question: str, max_chars: int) -> str:
     """``text`` if it is short enough, else its most relevant sentences within ``max_chars``."""
     if max_chars <= 0 or len(text) <= max_chars:
         return text
-    spans = split_sentences(text)
-    if len(spans) < 2:
+    sentences = sentences_of(text)
+    if len(sentences) < 2:
         return text[:max_chars]
-    sentences = [text[a:b].strip() for a, b in spans]
-    best = max(range(len(sentences)), key=lambda i: relevance(sentences[i], question))
+    best = _best(sentences, question)
     kept = {best}
     used = len(sentences[best])
     for step in range(1, len(sentences)):

@@ -27,12 +27,11 @@ from app.rag.chain import (
 )
 from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
-from app.rag.focus import relevance
+from app.rag.focus import best_sentence
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.services.chat import ChatService
 from app.settings.rag import RagSettings
 from ingest.models import SearchMode
-from ingest.splitter import split_sentences
 
 if TYPE_CHECKING:
     from app.rag.reranker import CrossEncoderReranker
@@ -103,10 +102,7 @@ def source_of(doc: Document) -> dict[str, Any]:
 
 def extractive_answer(question: str, docs: list[Document]) -> str:
     """The sentence of the first passage that shares most with the question, cited."""
-    text = docs[0].page_content
-    sentences = [text[a:b].strip() for a, b in split_sentences(text)]
-    best = max(sentences or [text], key=lambda s: relevance(s, question))
-    return f"{best} [1]"
+    return f"{best_sentence(docs[0].page_content, question)} [1]"
 
 
 def to_lc_messages(history: list[ChatMessage]) -> list[BaseMessage]:

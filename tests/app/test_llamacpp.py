@@ -108,20 +108,21 @@ def test_greedy_answers_repeat_exactly_with_other_requests_between(
 
 
 def test_both_slots_run_at_once(qwen: LlamaCppBackend) -> None:
-    """With two slots, two requests are in llama.cpp at the same moment (continuous batching,
-    measured in bench/llm_backends.py), not queued behind each other."""
+    """With two slots, two requests decode in llama.cpp at the same moment (continuous
+    batching, measured in bench/llm_backends.py), not one queued behind the other: llama.cpp's
+    own /slots shows both processing."""
     seen = 0
 
     async def watch(task: asyncio.Future[object]) -> None:
         nonlocal seen
         while not task.done():
-            seen = max(seen, qwen.active)
-            await asyncio.sleep(0.01)
+            seen = max(seen, await asyncio.to_thread(qwen.processing))
+            await asyncio.sleep(0.02)
 
     async def main() -> None:
-        params = GenerationParams(max_tokens=32, stop=["never-appears-xyz"])
+        params = GenerationParams(max_tokens=48, stop=["never-appears-xyz"])
         both = asyncio.gather(
-            *(qwen.complete([ChatMessage("user", f"数到{n}。")], params) for n in (20, 30))
+            *(qwen.complete([ChatMessage("user", f"数到{n}。")], params) for n in (40, 50))
         )
         await watch(both)
         await both
