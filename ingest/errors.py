@@ -32,7 +32,12 @@ class FileTooLargeError(IngestError):
 
 
 class DocumentError(IngestError):
-    """A file that cannot be read: empty, corrupt, encrypted, a zip bomb, binary (job fails)."""
+    """A file that cannot be read: empty, corrupt, encrypted, a zip bomb, binary, too large to
+    parse (job fails)."""
+
+
+class ParseTimeoutError(DocumentError):
+    """Reading a file took longer than ``ingest.parse_timeout_s`` (job fails)."""
 
 
 class InterruptedJob(Exception):

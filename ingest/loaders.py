@@ -52,26 +52,113 @@ def file_type(filename: str) -> str:
 
 
 def decode_text(data: bytes, filename: str) -> str:
-    """UTF-8 (with or without BOM), GB18030/GBK, else charset-normalizer's best guess."""
+    """The text of a .txt/.md/.html file, whatever common encoding it was saved in.
+
+    Tried in this order (the first that fits wins):
+
+    1. a byte order mark: UTF-8, UTF-16 LE/BE or UTF-32 LE/BE;
+    2. NUL bytes, which text in one-byte encodings never has: UTF-32 or UTF-16 without a BOM
+       (each byte order decoded strictly and scored; the one giving plausible text wins),
+       else the file is refused as binary;
+    3. UTF-8;
+    4. UTF-16 without a BOM and without NUL bytes (text with no ASCII at all, e.g. pure
+       Chinese): accepted only when at least 16 characters decode strictly and 95% of them
+       are CJK characters or punctuation. GBK bytes read this way fail: their trail bytes
+       land on Hangul, private-use and surrogate code points;
+    5. GB18030 (a superset of GBK and GB2312);
+    6. charset-normalizer's best guess (Big5, Shift_JIS, Latin-1, ...).
+
+    A file whose last character is cut off (an odd trailing byte of UTF-16, half a surrogate
+    pair, an incomplete UTF-8 sequence) is read without that character, with a warning in the
+    log: losing a partial last character is better than refusing the whole document. Any
+    other decoding problem is a ``DocumentError`` that says what the file is not and what to
+    do about it.
+    """
     if not data.strip():
         raise DocumentError(f"{filename}: the file is empty")
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8", errors="replace")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    if b"\x00" in data[:8192]:
-        raise DocumentError(
-            f"{filename}: looks like a binary file (NUL bytes), not text; "
-            "upload the original document format instead"
-        )
-    for encoding in ("utf-8", "gb18030"):
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError:
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            text = _decode_declared(data[len(bom) :], codec, filename)
+            break
+    else:
+        wide = b"\x00" in data  # one-byte encodings never have NUL bytes
+        text = _decode_wide(data, filename) if wide else _decode_narrow(data, filename)
+    if not text.strip():
+        raise DocumentError(f"{filename}: the file is empty")
+    return text
+
+
+# UTF-32 LE before UTF-16 LE: its BOM starts with UTF-16 LE's
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+_WIDE = ("utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be")
+_CANNOT_DECODE = (
+    "could not read it as text: it is not UTF-8, UTF-16, UTF-32 or GB18030, and no other "
+    "text encoding fits (is it a binary file with a text extension?); save it as UTF-8 and "
+    "upload again"
+)
+
+
+def _decode_declared(data: bytes, codec: str, filename: str) -> str:
+    """Bytes after a byte order mark: decoded, a few bad characters replaced, else refused."""
+    end = _complete_end(data, codec)
+    _log_cut(filename, codec, len(data) - end)
+    text = data[:end].decode(codec, errors="replace")
+    if _mostly_text(text):
+        return text
+    label = codec[:6].upper()  # UTF-8, UTF-16, UTF-32
+    raise DocumentError(
+        f"{filename}: could not read it as text: it starts with a {label} byte order mark "
+        f"but is not {label} text (invalid bytes or control characters); the file is damaged "
+        "or mislabelled: save it again as UTF-8 and upload again"
+    )
+
+
+def _decode_wide(data: bytes, filename: str) -> str:
+    """UTF-32 or UTF-16 text without a byte order mark (the data has NUL bytes).
+
+    Each byte order must decode strictly to text without control characters; of those, the
+    one whose text is the most plausible wins (ASCII in UTF-16 BE read as LE gives
+    CJK-looking characters, all with a zero low byte, which the score counts against).
+    """
+    sample = data[:65536]
+    best: tuple[float, str] | None = None
+    for codec in _WIDE:
+        text = _strict(sample, codec)
+        if not text or not _mostly_text(text):
             continue
-        if _mostly_text(text):
-            return text
-        break
+        score = _plausible_share(text)
+        if score >= 0.9 and (best is None or score > best[0]):
+            best = (score, codec)
+    text = None if best is None else _strict(data, best[1], filename)
+    if text is None:
+        raise DocumentError(
+            f"{filename}: looks like a binary file (it has NUL bytes and is not UTF-16 or "
+            "UTF-32 text), not text; upload the original document format instead"
+        )
+    return text
+
+
+def _decode_narrow(data: bytes, filename: str) -> str:
+    """Text without NUL bytes: UTF-8, pure-CJK UTF-16, GB18030, then charset-normalizer."""
+    text = _strict(data, "utf-8", filename)
+    if text is None:
+        for codec in ("utf-16-le", "utf-16-be"):
+            wide = _strict(data, codec)
+            if wide is not None and len(wide) >= 16 and _cjk_share(wide) >= 0.95:
+                _log_cut(filename, codec, len(data) - _complete_end(data, codec))
+                return wide
+        try:
+            text = data.decode("gb18030")
+        except UnicodeDecodeError:
+            text = None
+    if text is not None and _mostly_text(text):
+        return text
     from charset_normalizer import from_bytes
 
     best = from_bytes(data).best()
@@ -79,10 +166,54 @@ def decode_text(data: bytes, filename: str) -> str:
         text = str(best)
         if _mostly_text(text):
             return text
-    raise DocumentError(
-        f"{filename}: not readable as text (unknown encoding or binary content); "
-        "save it as UTF-8 and upload again"
-    )
+    raise DocumentError(f"{filename}: {_CANNOT_DECODE}")
+
+
+def _strict(data: bytes, codec: str, filename: str | None = None) -> str | None:
+    """``data`` decoded strictly, a cut-off last character dropped (logged when ``filename``
+    is given), or None."""
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        end = _complete_end(data, codec)
+    if end == len(data):
+        return None
+    try:
+        text = data[:end].decode(codec)
+    except UnicodeDecodeError:
+        return None
+    if filename is not None:
+        _log_cut(filename, codec, len(data) - end)
+    return text
+
+
+def _complete_end(data: bytes, codec: str) -> int:
+    """Where ``data`` ends without a cut-off last character."""
+    if codec == "utf-8":
+        try:
+            data.decode(codec)
+        except UnicodeDecodeError as exc:
+            if exc.reason == "unexpected end of data":
+                return exc.start
+        return len(data)
+    unit = 4 if codec.startswith("utf-32") else 2
+    end = len(data) - len(data) % unit
+    if unit == 2 and end >= 2:  # a high surrogate without its low half
+        high = data[end - 1] if codec == "utf-16-le" else data[end - 2]
+        if 0xD8 <= high <= 0xDB:
+            end -= 2
+    return end
+
+
+def _log_cut(filename: str, codec: str, dropped: int) -> None:
+    if dropped:
+        logger.warning(
+            "event=text_truncated file=%s encoding=%s dropped_bytes=%d note=last character "
+            "cut off, read without it",
+            filename,
+            codec,
+            dropped,
+        )
 
 
 def _mostly_text(text: str) -> bool:
@@ -90,6 +221,37 @@ def _mostly_text(text: str) -> bool:
         return False
     bad = sum(1 for ch in text if (ord(ch) < 32 and ch not in "\t\n\r\f") or ch == "\ufffd")
     return bad / len(text) < 0.01
+
+
+def _is_cjk(ch: str) -> bool:
+    """A CJK ideograph, kana, CJK or full-width punctuation."""
+    code = ord(ch)
+    return (
+        0x4E00 <= code <= 0x9FFF  # CJK unified ideographs
+        or 0x3400 <= code <= 0x4DBF  # extension A
+        or 0x3000 <= code <= 0x30FF  # CJK punctuation, kana
+        or 0xFF00 <= code <= 0xFFEF  # full-width forms
+    )
+
+
+def _cjk_share(text: str) -> float:
+    return sum(1 for ch in text if _is_cjk(ch)) / len(text)
+
+
+def _plausible_share(text: str) -> float:
+    """Share of characters common in documents: printable ASCII and white space, Latin
+    letters, general punctuation, CJK. A non-ASCII character whose low byte is zero does not
+    count: a run of them is ASCII read in the wrong byte order."""
+    return sum(1 for ch in text if _plausible(ch)) / len(text)
+
+
+def _plausible(ch: str) -> bool:
+    code = ord(ch)
+    if 32 <= code < 127 or ch in "\t\n\r\f":
+        return True
+    if not code & 0xFF:
+        return False
+    return 0xA0 <= code <= 0x24F or 0x2010 <= code <= 0x205E or _is_cjk(ch)
 
 
 def load_text(data: bytes, filename: str) -> list[Segment]:
@@ -168,14 +330,22 @@ def load_pdf(data: bytes, filename: str) -> list[Segment]:
     return segments
 
 
-def _check_zip(data: bytes, filename: str, max_total: int, max_ratio: float) -> None:
+def _check_zip(
+    data: bytes, filename: str, max_total: int, max_ratio: float, max_xml: int | None = None
+) -> None:
+    """Refuse a DOCX before parsing it: not a zip, a zip bomb, or XML too large to parse.
+
+    The sizes are the ones the zip's headers declare; they bound what is read, as Python's
+    zipfile stops at the declared size (and fails the CRC check of a member that lies).
+    """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
         raise DocumentError(
             f"{filename}: not a valid DOCX (a DOCX is a zip archive; this is not one)"
         ) from exc
-    total = 0
+    total = xml = 0
+    largest: zipfile.ZipInfo | None = None
     with archive:
         for info in archive.infolist():
             total += info.file_size
@@ -186,14 +356,33 @@ def _check_zip(data: bytes, filename: str, max_total: int, max_ratio: float) -> 
                     f"{info.file_size} bytes, ratio {ratio:.0f}); limits: {max_total} bytes, "
                     f"ratio {max_ratio:.0f}"
                 )
+            if info.filename.lower().endswith((".xml", ".rels")):
+                xml += info.file_size
+                if largest is None or info.file_size > largest.file_size:
+                    largest = info
+    if max_xml is not None and xml > max_xml and largest is not None:
+        raise DocumentError(
+            f"{filename}: too large to read: its XML parts unpack to {_mb(xml)} "
+            f"({largest.filename} alone {_mb(largest.file_size)}), over the limit of "
+            f"{_mb(max_xml)} (setting ingest.max_xml_bytes); split the document into smaller "
+            "files, or raise the limit if the server has the memory and time for it"
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_048_576:.1f} MB"
 
 
 def load_docx(
-    data: bytes, filename: str, max_total: int = 200 * 1024 * 1024, max_ratio: float = 200.0
+    data: bytes,
+    filename: str,
+    max_total: int = 200 * 1024 * 1024,
+    max_ratio: float = 200.0,
+    max_xml: int | None = None,
 ) -> list[Segment]:
     if not data.strip():
         raise DocumentError(f"{filename}: the file is empty")
-    _check_zip(data, filename, max_total, max_ratio)
+    _check_zip(data, filename, max_total, max_ratio, max_xml)
     import docx
     from docx.table import Table
     from docx.text.paragraph import Paragraph
@@ -203,6 +392,9 @@ def load_docx(
     except Exception as exc:
         raise DocumentError(f"{filename}: not a readable DOCX ({exc}); check the file") from exc
     segments: list[Segment] = []
+    # python-docx looks a paragraph's style up by scanning all styles (~1 ms a paragraph:
+    # minutes for a long document); the levels are read once per style id instead
+    levels: dict[str | None, int | None] = {}
     for block in document.element.body.iterchildren():
         tag = block.tag.rsplit("}", 1)[-1]
         if tag == "p":
@@ -210,9 +402,11 @@ def load_docx(
             text = para.text.strip()
             if not text:
                 continue
-            style = (para.style.name if para.style is not None else "") or ""
-            level = _heading_level(style)
-            segments.append(Segment(text, heading_level=level))
+            style_id = block.style
+            if style_id not in levels:
+                style = para.style
+                levels[style_id] = _heading_level((style.name if style is not None else "") or "")
+            segments.append(Segment(text, heading_level=levels[style_id]))
         elif tag == "tbl":
             table = Table(block, document)
             for row in table.rows:
@@ -619,6 +813,7 @@ def load(
     *,
     max_unzipped_bytes: int = 200 * 1024 * 1024,
     max_zip_ratio: float = 200.0,
+    max_xml_bytes: int | None = 32 * 1024 * 1024,
 ) -> list[Segment]:
     """Read one file. Raises ``UnsupportedTypeError`` or ``DocumentError``."""
     kind = file_type(filename)
@@ -627,7 +822,7 @@ def load(
         ".md": load_markdown,
         ".pdf": load_pdf,
         ".html": load_html,
-        ".docx": lambda d, f: load_docx(d, f, max_unzipped_bytes, max_zip_ratio),
+        ".docx": lambda d, f: load_docx(d, f, max_unzipped_bytes, max_zip_ratio, max_xml_bytes),
     }
     segments = loaders[kind](data, filename)
     if not any(s.text.strip() for s in segments):

@@ -41,10 +41,11 @@ from ingest.errors import (
     UnsupportedTypeError,
 )
 from ingest.keyword import KeywordIndex, Tokenizer
-from ingest.loaders import ACCEPTED_TYPES, check_filename, file_type, load
+from ingest.loaders import ACCEPTED_TYPES, check_filename, file_type
 from ingest.models import Chunk, Document, Job, KnowledgeBase, SearchHit, SearchMode, UploadResult
 from ingest.splitter import Splitter
 from ingest.store import VectorStore
+from ingest.worker import Parser
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class KnowledgeBaseService:
         self.splitter = Splitter(ingest.chunk_size, ingest.chunk_overlap)
         self.stopping = threading.Event()
         self.job_added = threading.Event()
+        self.parser = Parser(ingest, self.stopping)  # load + split, under parse_timeout_s
 
     @classmethod
     def from_settings(
@@ -236,6 +238,9 @@ class KnowledgeBaseService:
         for job in jobs:
             try:
                 prepared.append(self._prepare(job))
+            except InterruptedJob:  # the worker stopped during the parse
+                self.catalog.requeue(job.id)
+                logger.info("event=job_interrupted job=%s note=requeued", job.id)
             except Exception as exc:
                 self._handle(job, exc)
         pending = list(prepared)
@@ -294,13 +299,7 @@ class KnowledgeBaseService:
             raise DocumentError(f"{job.filename}: the stored file is gone; upload it again")
         self.catalog.set_document_status(job.kb, job.doc_id, "ingesting")
         data = Path(doc.path).read_bytes()
-        segments = load(
-            data,
-            doc.filename,
-            max_unzipped_bytes=self.ingest_settings.max_unzipped_bytes,
-            max_zip_ratio=self.ingest_settings.max_zip_ratio,
-        )
-        _, chunks = self.splitter.split(segments)
+        chunks = self.parser.parse(data, doc.filename, self.splitter)
         if not chunks:
             raise DocumentError(f"{doc.filename}: no text to index")
         self.catalog.progress(job.id, 0, len(chunks))
@@ -490,6 +489,7 @@ class KnowledgeBaseService:
 
     def close(self) -> None:
         self.stopping.set()
+        self.parser.close()
         self.catalog.close()
 
 

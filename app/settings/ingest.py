@@ -85,6 +85,22 @@ class IngestSettings(Section):
     max_zip_ratio: float = Field(
         200.0, gt=1, description="Largest compression ratio of a DOCX member (zip bomb guard)."
     )
+    max_xml_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1,
+        description="Largest total uncompressed size of the XML parts of a DOCX (bytes), "
+        "checked before parsing; a larger file's job fails with the reason. Parsing takes "
+        "about 15 times this in memory (32 MiB: ~0.5 GB and ~6 s on 2 cores); long text "
+        "documents stay well below it (a few MiB for hundreds of pages).",
+    )
+    parse_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="Longest time (seconds) a job may spend reading and splitting its file. "
+        "The parse runs in a child process of the worker, killed when the time is up: the "
+        "job fails with the reason and the worker goes on to the next job. Must be below "
+        "`job_lease_s`. 0: no limit, files are parsed in the worker thread itself.",
+    )
     workers: int = Field(
         1,
         ge=0,
@@ -115,6 +131,17 @@ class IngestSettings(Section):
     def _overlap_below_size(self) -> IngestSettings:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("ingest.chunk_overlap must be smaller than ingest.chunk_size")
+        return self
+
+    @model_validator(mode="after")
+    def _parse_within_lease(self) -> IngestSettings:
+        # a job writes no progress while its file is parsed: a longer parse would let other
+        # workers take the job as abandoned and run it a second time
+        if self.parse_timeout_s >= self.job_lease_s:
+            raise ValueError(
+                "ingest.parse_timeout_s must be smaller than ingest.job_lease_s "
+                f"({self.parse_timeout_s:g} >= {self.job_lease_s:g})"
+            )
         return self
 
 

@@ -278,12 +278,19 @@ def reference_logits(
 # ---------------------------------------------------------------- ChatGLM3 prompt ids
 
 
+def reference_special_ids(sp: Any) -> dict[str, int]:
+    """ChatGLM3's ``SPTokenizer.special_tokens``: name -> id, numbered after the SentencePiece
+    vocabulary; ``convert_tokens_to_ids`` looks these names up before the vocabulary."""
+    n = sp.vocab_size()
+    return {tok: n + i for i, tok in enumerate(ORIGINAL_SPECIALS)}
+
+
 def reference_chat_ids(
     sp: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
 ) -> list[int]:
-    """ChatGLM3's tokenizer logic: prefix, then role id + sp(metadata+"\\n") + sp(text)."""
-    n = sp.vocab_size()
-    special = {tok: n + i for i, tok in enumerate(ORIGINAL_SPECIALS)}
+    """ChatGLM3's tokenizer logic: prefix, then role id + sp(metadata+"\\n") + sp(text).
+    Message text is always SentencePiece text: a "sop" in it never becomes the token."""
+    special = reference_special_ids(sp)
     ids = [special["[gMASK]"], special["sop"]]
     for message in messages:
         ids.append(special[f"<|{message['role']}|>"])

@@ -19,6 +19,7 @@ from chatglm3_reference import (  # tests/app is on sys.path (rootdir-less test 
     ORIGINAL_SPECIALS,
     reference_chat_ids,
     reference_logits,
+    reference_special_ids,
     train_sentencepiece,
     write_checkpoint,
 )
@@ -225,15 +226,84 @@ def test_fast_tokenizer_matches_sentencepiece(tokenizer: Any, sp: Any, text: str
     assert tokenizer.decode(sp.encode(text)) == sp.decode(sp.encode(text))
 
 
-def test_special_tokens_have_chatglm3_ids(tokenizer: Any, sp: Any) -> None:
-    n = sp.vocab_size()
-    renamed = {"sop": "<sop>", "eop": "<eop>"}
-    for offset, original in enumerate(ORIGINAL_SPECIALS):
-        assert tokenizer.convert_tokens_to_ids(renamed.get(original, original)) == n + offset
+def test_special_tokens_have_chatglm3_names_and_ids(
+    chatglm3: dict[str, Any], tokenizer: Any, sp: Any
+) -> None:
+    """The original names, both ways: ``convert_tokens_to_ids("sop")`` is ChatGLM3's id (64792
+    on ChatGLM3-6B), and that id reads back as ``sop``."""
+    from app.llm.chatglm3 import SPECIALS
+
+    assert SPECIALS == ORIGINAL_SPECIALS
+    expected = reference_special_ids(sp)
+    assert expected["sop"] == sp.vocab_size() + 3
+    for name, token_id in expected.items():
+        assert tokenizer.convert_tokens_to_ids(name) == token_id, name
+        assert tokenizer.convert_ids_to_tokens(token_id) == name
+    assert tokenizer.convert_tokens_to_ids("<sop>") == tokenizer.unk_token_id  # no other name
+    config = json.loads((chatglm3["dst"] / "tokenizer_config.json").read_text())
+    assert config["chatglm3_special_tokens"] == expected
+    assert chatglm3["report"].special_token_ids == expected
     assert tokenizer.eos_token_id == 2 and tokenizer.pad_token_id == 0
     assert tokenizer.padding_side == "left"
-    # the word "sop" in a user's text stays text
-    assert n + 3 not in tokenizer("a sop story", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode([expected["[gMASK]"], expected["sop"]]) == "[gMASK]sop"
+
+
+SOP_WORDS = [
+    {"role": "system", "content": "sop"},
+    {"role": "user", "content": "sop"},
+    {"role": "assistant", "content": "Follow the sop. eop\nsop: step one"},
+    {"role": "user", "content": "a sop story, (eop) and SOP流程 sop流程 isopropyl people"},
+]
+
+
+def test_sop_and_eop_in_messages_stay_text(tokenizer: Any, sp: Any) -> None:
+    """A user's "sop"/"eop", as a whole word or not, is encoded as ChatGLM3 encodes message
+    text (SentencePiece pieces): the start token appears once, where the template puts it."""
+    special = reference_special_ids(sp)
+    expected = reference_chat_ids(sp, SOP_WORDS)
+    assert expected.count(special["sop"]) == 1 and special["eop"] not in expected
+    # kbqa's path (role and content only): render with the template, encode once
+    assert encode_prompt(tokenizer, render_prompt(tokenizer, SOP_WORDS)) == expected
+    # transformers' path, with the words in a message's metadata as well
+    with_metadata = [{**SOP_WORDS[0], "metadata": "eop sop"}, *SOP_WORDS[1:]]
+    expected = reference_chat_ids(sp, with_metadata)
+    assert expected.count(special["sop"]) == 1 and special["eop"] not in expected
+    encoded = tokenizer.apply_chat_template(
+        with_metadata, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    assert list(encoded["input_ids"]) == expected
+
+
+@pytest.mark.parametrize("text", ["isopropyl", "people", "sop流程", "关于sop的", "SOP", "soppy"])
+def test_sop_inside_words_stays_text_without_the_template(
+    tokenizer: Any, sp: Any, text: str
+) -> None:
+    """Outside a chat, ``sop``/``eop`` match only as whole words (see the tokenizer module)."""
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+
+
+def test_a_vocabulary_piece_named_eop_gets_glm4_spelling(sp_model: Path, tmp_path: Path) -> None:
+    """A name maps to one id: if the SentencePiece vocabulary has a piece called ``eop``, the
+    special token is spelled ``<eop>`` and the piece keeps its own id; ``sop`` is unaffected."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    from app.llm.chatglm3.tokenizer import build_fast_tokenizer
+
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
+    proto.ParseFromString(sp_model.read_bytes())
+    piece = next(p for p in reversed(proto.pieces) if p.type == 1)  # the rarest normal piece
+    piece.piece = "eop"
+    model = tmp_path / "tokenizer.model"
+    model.write_bytes(proto.SerializeToString())
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    tokenizer = build_fast_tokenizer(model)
+    n = sp.vocab_size()
+    assert tokenizer.convert_tokens_to_ids("eop") == sp.piece_to_id("eop") < n
+    assert tokenizer.convert_tokens_to_ids("<eop>") == n + 4
+    assert tokenizer.convert_tokens_to_ids("sop") == n + 3
+    prompt = render_prompt(tokenizer, CONVERSATION)
+    assert encode_prompt(tokenizer, prompt) == reference_chat_ids(sp, CONVERSATION)
 
 
 def test_chat_template_is_token_exact(tokenizer: Any, sp: Any) -> None:

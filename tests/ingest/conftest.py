@@ -111,3 +111,60 @@ def make_docx(blocks: list[tuple[str, str]], table: list[list[str]] | None = Non
     out = io.BytesIO()
     document.save(out)
     return out.getvalue()
+
+
+_W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+
+
+def docx_with_body(body: str) -> bytes:
+    """A real DOCX (python-docx's default package) whose document body is ``body`` (WordML)."""
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(make_docx([("p", "x")])))
+    document = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        f"<w:document {_W}><w:body>{body}<w:sectPr/></w:body></w:document>"
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for info in source.infolist():
+            if info.filename == "word/document.xml":
+                archive.writestr(info.filename, document)
+            else:
+                archive.writestr(info.filename, source.read(info.filename))
+    return out.getvalue()
+
+
+def huge_docx(xml_bytes: int) -> bytes:
+    """A DOCX whose document.xml is at least ``xml_bytes`` of ordinary, formatted paragraphs
+    (numbered, so it compresses like real text, ~30x: no zip-bomb ratio)."""
+    run = (
+        '<w:r><w:rPr><w:rFonts w:ascii="Calibri" w:eastAsia="宋体"/><w:sz w:val="21"/></w:rPr>'
+        '<w:t xml:space="preserve">{}</w:t></w:r>'
+    )
+    paragraphs = []
+    size = i = 0
+    while size < xml_bytes:
+        text = run.format(f"第{i}段：网络安全等级保护的第{i}条要求。") + run.format(f" Clause {i}.")
+        paragraphs.append(f'<w:p><w:pPr><w:jc w:val="both"/></w:pPr>{text}</w:p>')
+        size += len(paragraphs[-1].encode())
+        i += 1
+    return docx_with_body("".join(paragraphs))
+
+
+def merged_table_docx(rows: int) -> bytes:
+    """A small DOCX that is slow to read: a table whose first column is one cell merged down
+    all ``rows`` rows. python-docx finds a merged cell's text by walking up row by row, with a
+    list search per step: reading the table takes time growing with the square of ``rows``."""
+    restart = '<w:tcPr><w:vMerge w:val="restart"/></w:tcPr>'
+    merged = "<w:tcPr><w:vMerge/></w:tcPr>"
+
+    def cell(text: str, props: str = "") -> str:
+        return f"<w:tc>{props}<w:p><w:r><w:t>{text}</w:t></w:r></w:p></w:tc>"
+
+    body = ["<w:tbl><w:tblGrid><w:gridCol/><w:gridCol/></w:tblGrid>"]
+    for r in range(rows):
+        first = cell("merged", restart) if r == 0 else cell("", merged)
+        body.append(f"<w:tr>{first}{cell(f'row {r}')}</w:tr>")
+    body.append("</w:tbl>")
+    return docx_with_body("".join(body))

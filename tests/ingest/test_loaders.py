@@ -7,7 +7,7 @@ import os
 import zipfile
 
 import pytest
-from conftest import CJK_FONT, make_docx, make_pdf
+from conftest import CJK_FONT, huge_docx, make_docx, make_pdf
 
 from ingest.errors import DocumentError, InvalidNameError, UnsupportedTypeError
 from ingest.loaders import check_filename, load
@@ -30,10 +30,85 @@ def test_text_encodings(data: bytes) -> None:
     assert [s.text for s in load(data, "a.txt")] == [TEXT]
 
 
+# English, Chinese with ASCII (its newline and digits give NUL bytes in UTF-16), and Chinese
+# with no ASCII at all (UTF-16 without NUL bytes: told from GBK by the characters it decodes to)
+WIDE_TEXTS = {
+    "en": "The knowledge base answers questions.\nLevel 3 systems: tested every year!",
+    "zh": "第八章 安全要求\n第三级系统应当每年至少进行1次等级测评。",
+    "zh-pure": "网络安全等级保护分为五级。自主保护级、指导保护级、监督保护级。",
+}
+WIDE_CODECS = {
+    "utf16le": "utf-16-le",
+    "utf16be": "utf-16-be",
+    "utf16le-bom": "utf-16",  # Python writes the BOM, little endian
+    "utf16be-bom": "BOM:utf-16-be",
+    "utf32le": "utf-32-le",
+    "utf32be": "utf-32-be",
+    "utf32-bom": "utf-32",
+}
+
+
+def _encode(text: str, codec: str) -> bytes:
+    if codec.startswith("BOM:"):
+        return "\ufeff".encode(codec[4:]) + text.encode(codec[4:])
+    return text.encode(codec)
+
+
+@pytest.mark.parametrize("codec", WIDE_CODECS.values(), ids=WIDE_CODECS.keys())
+@pytest.mark.parametrize("lang", WIDE_TEXTS)
+def test_utf16_and_utf32_with_or_without_bom(lang: str, codec: str) -> None:
+    text = WIDE_TEXTS[lang]
+    lines = [line for line in text.splitlines() if line]
+    assert [s.text for s in load(_encode(text, codec), "a.txt")] == lines
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("lang", ["en", "zh-pure"])
+def test_truncated_wide_text_is_read_without_its_cut_last_character(lang: str, codec: str) -> None:
+    """An odd trailing byte (a UTF-16 file cut short, or one byte too many) and a surrogate
+    pair cut in half lose that last character only; the rest of the file is read."""
+    text = WIDE_TEXTS[lang]
+    data = _encode(text, codec)
+    assert load(data[:-1], "cut.txt")[-1].text == text.splitlines()[-1][:-1]
+    assert load(data + b"\x41", "extra.txt")[-1].text == text.splitlines()[-1]
+    emoji = _encode(text + "🙂", codec)  # a surrogate pair in UTF-16
+    assert load(emoji[:-2], "pair.txt")[-1].text == text.splitlines()[-1]
+
+
+def test_damaged_utf16_says_what_is_wrong() -> None:
+    data = "\ufeff".encode("utf-16-le") + bytes(range(256)) * 8
+    with pytest.raises(DocumentError, match="starts with a UTF-16 byte order mark but is not"):
+        load(data, "broken.txt")
+
+
 def test_binary_disguised_as_text_is_refused() -> None:
     png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
     with pytest.raises(DocumentError, match="binary"):
         load(png, "photo.txt")
+
+
+@pytest.mark.parametrize("kind", ["executable", "docx", "gzip"])
+def test_real_binary_files_are_refused(kind: str) -> None:
+    import gzip
+    import sys
+    from pathlib import Path
+
+    data = {
+        "executable": lambda: Path(sys.executable).resolve().read_bytes()[:200_000],
+        "docx": lambda: make_docx([("p", "网络安全等级保护")]),
+        "gzip": lambda: gzip.compress(TEXT.encode() * 200),
+    }[kind]()
+    with pytest.raises(DocumentError, match=r"binary|could not read it as text"):
+        load(data, "renamed.txt")
+
+
+def test_undecodable_text_names_the_encodings_tried() -> None:
+    data = bytes(range(1, 256)) * 40  # no NUL byte: not refused as binary up front
+    with pytest.raises(DocumentError) as caught:
+        load(data, "odd.txt")
+    message = str(caught.value)
+    assert message.startswith("odd.txt: could not read it as text")
+    assert "not UTF-8, UTF-16, UTF-32 or GB18030" in message and "save it as UTF-8" in message
 
 
 def test_empty_file_is_refused() -> None:
@@ -113,6 +188,21 @@ def test_docx_headings_paragraphs_table() -> None:
 def test_docx_not_a_zip() -> None:
     with pytest.raises(DocumentError, match="not a valid DOCX"):
         load(b"this is plain text pretending", "fake.docx")
+
+
+def test_docx_with_huge_xml_is_refused_before_parsing() -> None:
+    """The report's file: a DOCX of ordinary size and compression ratio whose document.xml
+    unpacks to 45 MB. It passes the zip bomb check but not the XML budget."""
+    data = huge_docx(45 * 1024 * 1024)
+    assert len(data) < 5 * 1024 * 1024
+    with pytest.raises(DocumentError) as caught:
+        load(data, "big.docx")
+    message = str(caught.value)
+    assert "zip bomb" not in message
+    assert "word/document.xml" in message and "45.0 MB" in message
+    assert "32.0 MB (setting ingest.max_xml_bytes)" in message
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.testzip() is None  # a sound archive, refused for its size only
 
 
 def test_docx_zip_bomb() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_docx, make_pdf, make_settings
+from conftest import huge_docx, make_docx, make_pdf, make_settings, merged_table_docx
 
 from ingest.catalog import Catalog
 from ingest.embeddings import NamedEmbeddings
 from ingest.errors import EmbeddingMismatchError, InvalidNameError, NotFoundError
-from ingest.models import SearchMode
+from ingest.models import Job, SearchMode
 from ingest.service import KnowledgeBaseService, rrf
 from ingest.worker import Worker
 
@@ -140,6 +141,98 @@ def test_bad_file_fails_only_its_job(service: KnowledgeBaseService) -> None:
     assert failed.state == "failed" and "not a valid DOCX" in (failed.error or "")
     assert service.get_job(good.job.id).state == "succeeded"
     assert service.get_document("mixed", bad.doc_id or "").status == "failed"
+
+
+def _run_worker_until_done(
+    service: KnowledgeBaseService, job_ids: list[str], timeout_s: float
+) -> list[Job]:
+    """Run a worker thread until every job is finished (or the timeout); the final jobs."""
+    worker = Worker(service, threads=1, poll_interval_s=0.1).start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(service.get_job(j).state in ("succeeded", "failed") for j in job_ids):
+                break
+            time.sleep(0.1)
+    finally:
+        worker.close()
+    return [service.get_job(j) for j in job_ids]
+
+
+def test_docx_with_huge_xml_fails_with_the_reason_and_the_next_upload_succeeds(
+    service: KnowledgeBaseService,
+) -> None:
+    """The report: a 45 MB document.xml in a small DOCX held the only worker for minutes.
+    Now its job fails at once on the XML budget and the upload queued behind it is ingested."""
+    service.create_kb("budget")
+    big = service.upload("budget", "huge.docx", huge_docx(45 * 1024 * 1024))
+    small = service.upload("budget", "a.txt", DOC_A.encode())
+    assert big.job is not None and small.job is not None
+    failed, done = _run_worker_until_done(service, [big.job.id, small.job.id], 120)
+    assert failed.state == "failed", failed
+    assert "ingest.max_xml_bytes" in (failed.error or "")
+    assert "word/document.xml alone 45.0 MB" in (failed.error or "")
+    assert done.state == "succeeded" and done.chunks > 0
+    assert service.get_document("budget", big.doc_id or "").status == "failed"
+
+
+def test_parse_over_the_time_limit_fails_the_job_and_the_worker_goes_on(
+    tmp_path: Path, embeddings: NamedEmbeddings
+) -> None:
+    """A 60 KB DOCX whose merged table takes minutes to read (about 150 s on this 2-core
+    machine, ~1.4 s already at a tenth of its rows) against a 2 s limit: the parse process is
+    killed, the job fails with the reason, and the next upload is ingested by a new one."""
+    settings = make_settings(tmp_path / "data", parse_timeout_s=2)
+    service = KnowledgeBaseService.from_settings(settings, embeddings)
+    try:
+        service.create_kb("slow")
+        slow = service.upload("slow", "merged.docx", merged_table_docx(2000))
+        small = service.upload("slow", "a.txt", DOC_A.encode())
+        assert slow.job is not None and small.job is not None
+        failed, done = _run_worker_until_done(service, [slow.job.id, small.job.id], 90)
+    finally:
+        service.close()
+    assert failed.state == "failed", failed
+    assert "longer than the limit of 2 s (setting ingest.parse_timeout_s)" in (failed.error or "")
+    assert failed.started_at is not None and failed.finished_at is not None
+    assert failed.finished_at - failed.started_at < 30  # stopped near 2 s, not after minutes
+    assert done.state == "succeeded" and done.chunks > 0
+
+
+def test_worker_stopped_during_a_parse_queues_the_job_again(
+    tmp_path: Path, embeddings: NamedEmbeddings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping the worker kills a long parse at once (no waiting for the time limit) and
+    the job goes back to the queue instead of failing."""
+    caplog.set_level(logging.INFO, logger="ingest.worker")
+    service = KnowledgeBaseService.from_settings(make_settings(tmp_path / "data"), embeddings)
+    try:
+        service.create_kb("stop")
+        result = service.upload("stop", "merged.docx", merged_table_docx(2000))
+        assert result.job is not None
+        job_id = result.job.id
+        worker = Worker(service, threads=1, poll_interval_s=0.1).start()
+        deadline = time.monotonic() + 60
+        while "event=parse_process_started" not in caplog.text:
+            assert time.monotonic() < deadline, "the parse did not start"
+            time.sleep(0.1)
+        time.sleep(1.0)  # inside the parse (minutes long)
+        assert service.get_job(job_id).state == "running"
+        stopped = time.monotonic()
+        worker.close()
+        assert time.monotonic() - stopped < 30  # the parse process was killed, not awaited
+        job = service.get_job(job_id)
+        assert job.state == "queued" and job.error is None
+    finally:
+        service.close()
+
+
+def test_parse_time_limit_must_stay_below_the_job_lease(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="parse_timeout_s must be smaller than"):
+        make_settings(tmp_path, parse_timeout_s=600, job_lease_s=600)
+    assert make_settings(tmp_path, parse_timeout_s=0, job_lease_s=60).ingest.parse_timeout_s == 0
 
 
 def test_rrf_normalised() -> None:

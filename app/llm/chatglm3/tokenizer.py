@@ -25,21 +25,40 @@ same ids from one rendered string (the way transformers, kbqa and vLLM tokenize 
    (``sp.encode("")`` is empty). :func:`verify_newline_barrier` checks the premise on the
    actual vocabulary at conversion time.
 
-``sop``/``eop`` are renamed ``<sop>``/``<eop>`` (same ids, GLM-4's spelling) so that the
-plain word "sop" in a user's text is not turned into a control token. The other limits: a
-message that literally contains a role token string (``<|user|>``) is tokenized as that
-special token, and tool definitions (ChatGLM3's ``tools`` on the system message) are not
-rendered by the template.
+The tokens keep ChatGLM3's names, ``sop`` and ``eop`` included (``convert_tokens_to_ids("sop")``
+is 64792 as with the original tokenizer). In ``tokenizers`` an added token is found in text by
+its name (there is no option to name a token one thing and match another, and the chat
+template can only produce the start token by writing its name), so the plain words "sop" and
+"eop" need two guards to stay text:
+
+- ``single_word``: ``sop`` matches only as a whole word, never inside one ("isopropyl",
+  "people", "sop流程" stay text);
+- the chat template escapes the words in message contents and metadata as ``s\\ufdd0op`` /
+  ``e\\ufdd0op`` (U+FDD0 is a Unicode noncharacter, reserved for such internal use): the
+  escaped form matches no added token, and the normalizer's first step turns it back into
+  "sop"/"eop", so the ids are exactly SentencePiece's for the original words. Only these two
+  four-character sequences are rewritten; a lone U+FDD0 elsewhere is left alone.
+
+So a user's "sop" in a chat is never the control token. What stays: text encoded *without*
+the template (``tokenizer("a sop story")``, used by kbqa only to count tokens) gets the
+control id for a standalone lowercase word ``sop``/``eop``; a message that literally contains
+a role token string (``<|user|>``) is tokenized as that special token; and tool definitions
+(ChatGLM3's ``tools`` on the system message) are not rendered by the template. If the
+SentencePiece vocabulary itself had a piece called ``sop`` or ``eop`` (a name can map to one
+id only), that token falls back to GLM-4's spelling ``<sop>``/``<eop>``, with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-# ChatGLM3's special tokens in id order after the SentencePiece vocabulary, under the names
-# the converted tokenizer uses (original name -> converted name differs only for sop/eop).
+logger = logging.getLogger(__name__)
+
+# ChatGLM3's special tokens in id order after the SentencePiece vocabulary: the converted
+# tokenizer uses these names (see the module docstring for the fallback of sop/eop).
 ORIGINAL_SPECIALS = [
     "[MASK]",
     "[gMASK]",
@@ -51,34 +70,71 @@ ORIGINAL_SPECIALS = [
     "<|assistant|>",
     "<|observation|>",
 ]
-RENAMED = {"sop": "<sop>", "eop": "<eop>"}
-SPECIALS = [RENAMED.get(t, t) for t in ORIGINAL_SPECIALS]
+SPECIALS = list(ORIGINAL_SPECIALS)
+GLM4_SPELLING = {"sop": "<sop>", "eop": "<eop>"}
 ROLES = ("system", "user", "assistant", "observation")
 
-# Jinja template over `messages` (role, content, optional metadata). `tool` messages are
-# ChatGLM3 observations. See the module docstring for the space after "\n".
-CHAT_TEMPLATE = (
-    "[gMASK]<sop>"
-    "{%- for message in messages -%}"
-    "{%- set role = 'observation' if message['role'] == 'tool' else message['role'] -%}"
-    "{%- if role not in ['system', 'user', 'assistant', 'observation'] -%}"
-    "{{ raise_exception('ChatGLM3 has no role ' + role) }}"
-    "{%- endif -%}"
-    "{{ '<|' + role + '|>' }}"
-    "{{ message.get('metadata') or '' }}{{ '\n' }}"
-    "{%- if message['content'] -%}{{ ' ' + message['content'] }}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
-)
+# the plain-word specials and their escaped form in rendered chats (module docstring)
+_MARK = "\ufdd0"
+ESCAPED = {word: word[0] + _MARK + word[1:] for word in GLM4_SPELLING}
+
+
+def chat_template(sop: str = "sop") -> str:
+    """The Jinja template over `messages` (role, content, optional metadata); ``sop`` is the
+    start token's name. `tool` messages are ChatGLM3 observations. See the module docstring
+    for the space after "\\n" and for the escapes."""
+    # the escaped form is written as the character itself, not as a "\\ufdd0" escape that
+    # the template engine would have to decode
+    escape = "".join(f" | replace('{w}', '{e}')" for w, e in ESCAPED.items())
+    return (
+        f"[gMASK]{sop}"
+        "{%- for message in messages -%}"
+        "{%- set role = 'observation' if message['role'] == 'tool' else message['role'] -%}"
+        "{%- if role not in ['system', 'user', 'assistant', 'observation'] -%}"
+        "{{ raise_exception('ChatGLM3 has no role ' + role) }}"
+        "{%- endif -%}"
+        "{{ '<|' + role + '|>' }}"
+        f"{{{{ (message.get('metadata') or ''){escape} }}}}{{{{ '\n' }}}}"
+        f"{{%- if message['content'] -%}}{{{{ ' ' + (message['content']{escape}) }}}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
 
 
 class TokenizerConversionError(ValueError):
     """tokenizer.model cannot be converted faithfully."""
 
 
-def special_token_ids(sp_vocab_size: int) -> dict[str, int]:
-    """Converted special token name -> id (ChatGLM3's ids: right after the SentencePiece vocab)."""
-    return {name: sp_vocab_size + i for i, name in enumerate(SPECIALS)}
+def special_token_ids(sp_vocab_size: int, names: list[str] | None = None) -> dict[str, int]:
+    """Special token name -> id (ChatGLM3's ids: right after the SentencePiece vocab)."""
+    return {name: sp_vocab_size + i for i, name in enumerate(names or SPECIALS)}
+
+
+def special_names(pieces: set[str] | dict[str, int]) -> list[str]:
+    """The names of the special tokens for a SentencePiece vocabulary: ChatGLM3's own, except
+    ``sop``/``eop`` when the vocabulary has a piece of that name (GLM-4's spelling then)."""
+    names = []
+    for name in ORIGINAL_SPECIALS:
+        if name in pieces:
+            fallback = GLM4_SPELLING.get(name)
+            if fallback is None or fallback in pieces:
+                raise TokenizerConversionError(
+                    f"tokenizer.model has a piece named {name!r}, the name of a ChatGLM3 "
+                    "special token; refusing to guess which id it means"
+                )
+            logger.warning(
+                "event=chatglm3_special_renamed token=%s as=%s reason=a vocabulary piece has "
+                "the name",
+                name,
+                fallback,
+            )
+            name = fallback
+        names.append(name)
+    return names
 
 
 def _load_proto(model_file: Path) -> Any:
@@ -135,8 +191,10 @@ def build_fast_tokenizer(model_file: Path) -> Any:
     )
     tok = Tokenizer(model)
 
+    names = special_names(vocab)
     spec = proto.normalizer_spec
-    steps: list[Any] = []
+    # first, the words the chat template escaped become plain words again (module docstring)
+    steps: list[Any] = [normalizers.Replace(e, w) for w, e in ESCAPED.items() if w in names]
     if spec.precompiled_charsmap:
         steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
     if spec.remove_extra_whitespaces:
@@ -159,18 +217,25 @@ def build_fast_tokenizer(model_file: Path) -> Any:
     control = [p.piece for p in proto.pieces if p.type in (2, 3)]  # UNKNOWN, CONTROL
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     n = len(proto.pieces)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    ids = special_token_ids(n)
+    tok.add_special_tokens(
+        [
+            # the plain words match only as whole words (module docstring)
+            AddedToken(t, special=True, normalized=False, single_word=t in ESCAPED)
+            for t in names
+        ]
+    )
+    ids = special_token_ids(n, names)
     for name, expected in ids.items():
         if tok.token_to_id(name) != expected:
             raise TokenizerConversionError(f"special token {name} got id {tok.token_to_id(name)}")
     eos = proto.pieces[proto.trainer_spec.eos_id].piece if proto.trainer_spec.eos_id >= 0 else None
-    gmask, sop = ids["[gMASK]"], ids["<sop>"]
+    sop_name = names[ORIGINAL_SPECIALS.index("sop")]
+    gmask, sop = ids["[gMASK]"], ids[sop_name]
     pair_suffix = [f"{eos}:1"] if eos else []
     tok.post_processor = processors.TemplateProcessing(
-        single=["[gMASK]", "<sop>", "$A"],
-        pair=["[gMASK]", "<sop>", "$A", "$B:1", *pair_suffix],
-        special_tokens=[("[gMASK]", gmask), ("<sop>", sop)]
+        single=["[gMASK]", sop_name, "$A"],
+        pair=["[gMASK]", sop_name, "$A", "$B:1", *pair_suffix],
+        special_tokens=[("[gMASK]", gmask), (sop_name, sop)]
         + ([(eos, proto.trainer_spec.eos_id)] if eos else []),
     )
     verify_newline_barrier(vocab)
@@ -181,7 +246,7 @@ def build_fast_tokenizer(model_file: Path) -> Any:
         pad_token=unk,  # ChatGLM3 pads with <unk> (id 0), on the left
         padding_side="left",
         clean_up_tokenization_spaces=False,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template(sop_name),
         model_max_length=_large(),
     )
 
@@ -221,11 +286,12 @@ def save_tokenizer(model_file: Path, out_dir: Path) -> dict[str, int]:
     """Build and save the fast tokenizer into ``out_dir``; return the special token ids."""
     tokenizer = build_fast_tokenizer(model_file)
     tokenizer.save_pretrained(str(out_dir))
-    ids = {name: int(tokenizer.convert_tokens_to_ids(name)) for name in SPECIALS}
+    names = special_names({p.piece for p in _load_proto(model_file).pieces})
+    ids = {name: int(tokenizer.convert_tokens_to_ids(name)) for name in names}
     config_path = Path(out_dir) / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["chatglm3_special_tokens"] = {
-        orig: ids[RENAMED.get(orig, orig)] for orig in ORIGINAL_SPECIALS
+        orig: ids[name] for orig, name in zip(ORIGINAL_SPECIALS, names, strict=True)
     }
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     return ids
