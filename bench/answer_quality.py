@@ -104,6 +104,7 @@ def run_model(args: argparse.Namespace, on: list[dict], off: list[dict]) -> dict
     sample = [q for q in sample if q["question"].strip()]  # the set has an empty question
     jobs = [("on", q, r) for r in range(args.repeats) for q in sample[: args.repeat_questions]]
     jobs = [("on", q, 0) for q in sample[args.repeat_questions :]] + jobs
+    off = off[: args.off_topic] if args.off_topic is not None else off
     jobs += [("off", q, 0) for q in off]
     overrides = {
         "data_dir": Path(args.out) / "kb",
@@ -193,6 +194,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--repeat-questions", type=int, default=300)
     parser.add_argument("--held-out", type=int, default=16, help="passages left out (off-topic)")
+    parser.add_argument(
+        "--off-topic", type=int, default=None, help="ask only the first N off-topic questions"
+    )
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality"))
     parser.add_argument("--set", action="append", default=[], help="setting override k=v")

@@ -66,12 +66,19 @@ class Prompts:
     prompt: str
     passage: str
     refusal: str
+    short: bool = False  # the short-answer prompt (a name, date, number or place is asked)
 
     @classmethod
-    def of(cls, settings: RagSettings, language: Language) -> Prompts:
+    def of(cls, settings: RagSettings, language: Language, question: str = "") -> Prompts:
+        """The texts of ``language``; the short-answer prompt when the question matches
+        ``rag.short_answer_<language>``."""
+        pattern = settings.short_answer_zh if language == "zh" else settings.short_answer_en
+        short = bool(pattern and question and re.search(pattern, question))
         if language == "zh":
-            return cls("zh", settings.prompt_zh, settings.passage_zh, settings.refusal_zh)
-        return cls("en", settings.prompt_en, settings.passage_en, settings.refusal_en)
+            prompt = settings.prompt_zh_short if short else settings.prompt_zh
+            return cls("zh", prompt, settings.passage_zh, settings.refusal_zh, short)
+        prompt = settings.prompt_en_short if short else settings.prompt_en
+        return cls("en", prompt, settings.passage_en, settings.refusal_en, short)
 
     def document_prompt(self) -> PromptTemplate:
         return PromptTemplate.from_template(self.passage.replace("{text}", "{page_content}"))

@@ -34,6 +34,13 @@ def relevance(sentence: str, question: str) -> float:
     return sum(2.0 if len(f) == 2 and _CJK.match(f[0]) else 1.0 for f in shared)
 
 
+def coverage(text: str, question: str) -> float:
+    """The share of the question's terms (weighted as in ``relevance``) that ``text`` has;
+    1.0 for a question without terms."""
+    whole = relevance(question, question)
+    return relevance(text, question) / whole if whole else 1.0
+
+
 def sentences_of(text: str) -> list[str]:
     return [text[a:b].strip() for a, b in split_sentences(text)]
 

@@ -3,7 +3,9 @@
 Dense, keyword or hybrid search over one or more knowledge bases (each searched with the
 ingest service, merged by score), then optionally reranked by a cross-encoder, then the
 relevance gate: a passage is kept only when its dense similarity reaches ``min_dense_score``
-or its keyword score reaches ``min_keyword_score``. An empty result means "nothing in the
+or its keyword score reaches ``min_keyword_score``, and it has at least ``min_coverage`` of
+the question's terms (a passage on a neighbouring topic scores high on both, yet lacks the
+name the question asks about). An empty result means "nothing in the
 knowledge bases answers this": the chain then refuses (or falls back) without the LLM.
 """
 
@@ -20,6 +22,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
+from app.rag.focus import coverage
 from app.rag.reranker import CrossEncoderReranker
 from ingest.models import SearchHit, SearchMode
 
@@ -42,11 +45,18 @@ class KnowledgeBaseRetriever(BaseRetriever):
     search_mode: SearchMode = "hybrid"
     min_dense_score: float = Field(0.0, ge=0, le=1)
     min_keyword_score: float = Field(0.0, ge=0, le=1)
+    min_coverage: float = Field(0.0, ge=0, le=1)
     reranker: CrossEncoderReranker | None = None
     rerank_candidates: int = Field(20, ge=1)
 
-    def relevant(self, doc: Document) -> bool:
-        """The relevance gate (both thresholds 0: every passage passes)."""
+    def relevant(self, doc: Document, query: str) -> bool:
+        """The relevance gate (all thresholds 0: every passage passes)."""
+        if self.min_coverage > 0:
+            # a retry's query is the earlier question(s) and this one, a line each: the
+            # passage must cover one of them
+            lines = [line for line in query.splitlines() if line.strip()] or [query]
+            if max(coverage(doc.page_content, line) for line in lines) < self.min_coverage:
+                return False
         if self.min_dense_score <= 0 and self.min_keyword_score <= 0:
             return True
         dense = doc.metadata.get("dense_score")
@@ -74,7 +84,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
                 doc.metadata["retrieval_score"] = doc.metadata["score"]
                 doc.metadata["score"] = round(score, 6)
             docs.sort(key=lambda d: -float(d.metadata["score"]))
-        return [d for d in docs if self.relevant(d)][: self.top_k]
+        return [d for d in docs if self.relevant(d, query)][: self.top_k]
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun

@@ -28,6 +28,7 @@ from app.rag.chain import (
 from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
+from app.rag.quote import quote
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.services.chat import ChatService
 from app.settings.rag import RagSettings
@@ -173,6 +174,7 @@ class RagService:
             search_mode=options.search_mode or self.default_mode,
             min_dense_score=self.settings.min_dense_score if gate else 0.0,
             min_keyword_score=self.settings.min_keyword_score if gate else 0.0,
+            min_coverage=self.settings.min_question_coverage if gate else 0.0,
             reranker=self.reranker,
             rerank_candidates=self.settings.reranker.candidates,
         )
@@ -266,7 +268,8 @@ class RagService:
             raise ValueError("name at least one knowledge base")
         for name in knowledge_bases:
             self.kb.get_kb(name)  # NotFoundError -> 404
-        prompts = Prompts.of(self.settings, question_language(question, self.settings.zh_ratio))
+        language = question_language(question, self.settings.zh_ratio)
+        prompts = Prompts.of(self.settings, language, question)
         query = self.retrieval_query(question, history)
         if (options.answer_mode or "generate") == "passages":
             async for event in self._passages(query, knowledge_bases, options, prompts, start):
@@ -318,6 +321,9 @@ class RagService:
         citations = CitationFilter(0)
         gate = ContentGate()
         docs: list[Document] = []
+        # a sentence answer is held until complete, then quoted from the passages (app.rag.quote)
+        quoting = self.settings.quote_answers and not prompts.short
+        held: list[str] = []
         async for part in chain.astream(inputs):
             if "context" in part:
                 docs = part["context"]
@@ -332,11 +338,19 @@ class RagService:
                 )
             elif part.get("answer"):
                 text = gate.feed(citations.feed(part["answer"]))
-                if text:
+                if text and quoting and grounded:
+                    held.append(text)
+                elif text:
                     yield RagEvent("token", text=text)
         rest = gate.feed(citations.flush())
-        if rest:
+        if rest and quoting and grounded:
+            held.append(rest)
+        elif rest:
             yield RagEvent("token", text=rest)
+        if held:
+            said = "".join(held)
+            quoted = quote(said, [d.page_content for d in docs], self.settings.quote_min_overlap)
+            yield RagEvent("token", text=quoted or said)
         if not gate.answered and grounded:
             # the model said nothing but markers: the passage's own best sentence instead
             yield RagEvent("token", text=extractive_answer(question, docs))
@@ -378,7 +392,7 @@ class RagService:
         docs = docs[: self.settings.passages_max]
         for index, doc in enumerate(docs, start=1):
             doc.metadata["index"] = index
-            doc.metadata["relevant"] = gate.relevant(doc)
+            doc.metadata["relevant"] = gate.relevant(doc, query)
         sources = [{**source_of(d), "relevant": d.metadata["relevant"]} for d in docs]
         refused = not docs
         yield RagEvent(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -25,6 +26,29 @@ PROMPT_EN = (
     "Answer the question from the passages above: find the sentence of the passages that "
     "answers it and write it out as it stands, without rewording or explaining.\n"
     "Question: {question}"
+)
+# Questions that ask for a name, a date, a number or a place get a short answer: the words of
+# the passage that answer it (a whole sentence would bury them). Chosen by the question's
+# words (rag.short_answer_zh / _en), the usual answer-type cue of extractive QA.
+PROMPT_ZH_SHORT = (
+    "资料：\n{context}\n\n"
+    "根据上面的资料回答问题。用资料中的原文回答，只写出答案本身（一个词语、短语或短句），"
+    "不要写整句，不要解释。\n"
+    "问题：{question}"
+)
+PROMPT_EN_SHORT = (
+    "Passages:\n{context}\n\n"
+    "Answer the question from the passages above with their own words: write only the answer "
+    "itself (a name, a number, a date or a short phrase), not a whole sentence, no "
+    "explanation.\nQuestion: {question}"
+)
+SHORT_ANSWER_ZH = (
+    r"多少|几(?!乎)|多[大长高远重久宽深厚]|什么时候|何时|哪一?年|哪天|谁|哪里|哪儿|什么地方|"
+    r"哪[个位家国座所支部队省市县条种]|什么职务|什么性"
+)
+SHORT_ANSWER_EN = (
+    r"(?i)^\s*(who|whom|when|where|which|what year|"
+    r"how (many|much|long|old|tall|high|far|big|large))\b"
 )
 PROMPT_ZH_CITE = (
     "请只根据下面编号的资料回答问题。回答时用 [1]、[2] 这样的编号标明依据的资料。"
@@ -60,6 +84,40 @@ class RagSettings(Section):
         "`{question}` the question. Sent as the user turn (with the chat template).",
     )
     prompt_en: str = Field(PROMPT_EN, description="Prompt for other questions (same fields).")
+    prompt_zh_short: str = Field(
+        PROMPT_ZH_SHORT,
+        description="Prompt for Chinese questions that ask for a name, date, number or place "
+        "(`rag.short_answer_zh` matches): the answer is the passage's own words, not a "
+        "sentence.",
+    )
+    prompt_en_short: str = Field(
+        PROMPT_EN_SHORT, description="Prompt for such questions in other languages."
+    )
+    short_answer_zh: str = Field(
+        SHORT_ANSWER_ZH,
+        description="Regular expression: a Chinese question it matches (searched anywhere) gets "
+        "`prompt_zh_short`; empty: never.",
+    )
+    short_answer_en: str = Field(
+        SHORT_ANSWER_EN,
+        description="Regular expression for other questions (`prompt_en_short`); empty: never.",
+    )
+    quote_answers: bool = Field(
+        True,
+        description="A sentence answer (not a short one) is replaced by the passage text it "
+        "matches best (one or two adjacent sentences, verbatim), when their character overlap "
+        "(F1) reaches `quote_min_overlap`: the user reads the source's own words, not the "
+        "model's paraphrase. The answer is then sent when complete, not token by token. "
+        "On cmrc2018-trial with Qwen2.5-Coder-1.5B: contains-the-answer 0.55 -> 0.73.",
+    )
+    quote_min_overlap: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Least overlap (bag-of-characters F1) between the model's answer and a "
+        "passage sentence for the answer to be replaced by it; below it the model's own words "
+        "stay (it combined passages, or answered from elsewhere).",
+    )
     passage_zh: str = Field(
         PASSAGE_ZH,
         description="How one passage is written into a Chinese prompt: `{index}`, `{title}` "
@@ -87,21 +145,31 @@ class RagSettings(Section):
     refusal_zh: str = Field(REFUSAL_ZH, description="Refusal message for Chinese questions.")
     refusal_en: str = Field(REFUSAL_EN, description="Refusal message for other questions.")
     min_dense_score: float = Field(
-        0.87,
+        0.86,
         ge=0,
         le=1,
         description="Relevance gate: a passage is relevant when its dense cosine similarity "
         "reaches this ... (calibrated for the packaged multilingual-e5-small with "
-        "`bench/rag.py --calibrate` on cmrc2018-trial: 0.87/0.6 keep 97% of answerable "
-        "questions and refuse 91% of off-topic Chinese and 100% of English ones; other "
-        "embedding models need their own values)",
+        "`bench/rag.py --calibrate` on cmrc2018-trial: 0.86/0.5/0.45 keep 96.7% of answerable "
+        "questions and refuse 94.9% of off-topic ones (90% of Chinese, 100% of English); "
+        "other embedding models need their own values)",
     )
     min_keyword_score: float = Field(
-        0.6,
+        0.5,
         ge=0,
         le=1,
         description="... or its keyword score bm25/(bm25+retrieval.keyword_score_half) reaches "
-        "this. No relevant passage: the no-answer policy applies. 0 for both: no gate.",
+        "this ...",
+    )
+    min_question_coverage: float = Field(
+        0.45,
+        ge=0,
+        le=1,
+        description="... and it has at least this share of the question's terms (Chinese "
+        "characters and bigrams, stop characters left out, a bigram counting double; words "
+        "otherwise): a passage on a neighbouring topic is close in meaning yet lacks the "
+        "name asked about. No relevant passage: the no-answer policy applies. 0 for all "
+        "three: no gate.",
     )
     score_threshold: float | None = Field(
         None,
@@ -168,11 +236,16 @@ class RagSettings(Section):
 
     @model_validator(mode="after")
     def _templates_have_fields(self) -> RagSettings:
-        for name in ("prompt_zh", "prompt_en"):
+        for name in ("prompt_zh", "prompt_en", "prompt_zh_short", "prompt_en_short"):
             text = getattr(self, name)
             if "{context}" not in text or "{question}" not in text:
                 raise ValueError(f"rag.{name} must contain {{context}} and {{question}}")
         for name in ("passage_zh", "passage_en"):
             if "{text}" not in getattr(self, name):
                 raise ValueError(f"rag.{name} must contain {{text}}")
+        for name in ("short_answer_zh", "short_answer_en"):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as exc:
+                raise ValueError(f"rag.{name} is not a regular expression: {exc}") from None
         return self

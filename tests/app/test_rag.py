@@ -39,11 +39,15 @@ class GenerationSpy:
 
     def __init__(self, llm: Any) -> None:
         self.calls = 0
+        self.last_text = ""  # what the model wrote in the latest generation
         original = llm.stream
 
-        def stream(*args: Any, **kwargs: Any) -> Any:
+        async def stream(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
-            return original(*args, **kwargs)
+            self.last_text = ""
+            async for chunk in original(*args, **kwargs):
+                self.last_text += chunk.text or ""
+                yield chunk
 
         llm.stream = stream
 
@@ -129,6 +133,31 @@ def test_chinese_question_finds_the_clause(client: httpx.Client) -> None:
     assert answer["sources"][0]["heading_path"][-1] == "身份鉴别"
     panda = _ask(client, "zh", "大熊猫每天要吃多少竹子？")
     assert panda["sources"][0]["filename"] == "panda.txt"
+
+
+def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: httpx.Client) -> None:
+    """rag.quote_answers: a sentence answer becomes the passage text it overlaps most (when
+    enough), verbatim; a short-answer question ("how tall") keeps the model's own words."""
+    from app.rag.quote import quote
+
+    settings = server.settings.rag
+    changed = 0
+    for kb, question in (
+        ("en", "What is the Louvre?"),
+        ("zh", "登录用户的身份鉴别有什么要求？"),
+        ("zh", "大熊猫吃什么？"),
+    ):
+        answer = _ask(client, kb, question)
+        said = server.spy.last_text
+        texts = [s["text"] for s in answer["sources"]]
+        expected = quote(said, texts, settings.quote_min_overlap) or said
+        assert answer["answer"] == expected, (question, said)
+        changed += answer["answer"] != said
+        if answer["answer"] != said:
+            assert any(answer["answer"] in text for text in texts)
+    assert changed, "the model's answers were never replaced by a passage's words"
+    short = _ask(client, "en", EN_Q)
+    assert short["answer"] == server.spy.last_text
 
 
 def test_off_topic_question_is_refused_without_the_llm(server: Any, client: httpx.Client) -> None:

@@ -297,3 +297,76 @@ def test_marker_only_answers_become_the_passages_best_sentence() -> None:
     assert extractive_answer("防护理念是什么", [doc]) == (
         "等级保护2.0采用的防护理念是一个中心、三重防护。 [1]"
     )
+
+
+def test_short_answer_questions_get_the_short_prompt() -> None:
+    rag = load_settings().rag
+    for question in ("长城有多少年历史？", "《神圣十月》是何时开始播放的？", "谁设计了铁塔？"):
+        prompts = Prompts.of(rag, "zh", question)
+        assert prompts.short and prompts.prompt == rag.prompt_zh_short, question
+    for question in ("等级保护2.0采用的防护理念是什么？", "四加亭有桥梁吗？", "为什么要延长剧情？"):
+        prompts = Prompts.of(rag, "zh", question)
+        assert not prompts.short and prompts.prompt == rag.prompt_zh, question
+    assert Prompts.of(rag, "en", "How many floors does it have?").short
+    assert not Prompts.of(rag, "en", "What does the standard require?").short
+    never = load_settings(**{"rag.short_answer_zh": ""}).rag
+    assert not Prompts.of(never, "zh", "长城有多少年历史？").short
+    with pytest.raises(ValueError, match="short_answer_en"):
+        load_settings(**{"rag.short_answer_en": "(unclosed"})
+
+
+def test_quote_replaces_a_paraphrase_with_the_source_sentence() -> None:
+    from app.rag.quote import overlap, quote
+
+    passage = (
+        "等级保护对象由低到高被划分为五个安全保护等级。"
+        "等级保护2.0采用的防护理念是“一个中心，三重防护”，即安全管理中心和三重防护。"
+        "第三级要求每年至少开展一次等级测评。"
+    )
+    other = "大熊猫主要以竹子为食。 … 成年大熊猫每天要吃十多公斤竹子。"
+    said = "等级保护2.0的防护理念是一个中心三重防护。"  # a word dropped, quotes lost
+    quoted = quote(said, [other, passage], 0.5)
+    assert quoted == "等级保护2.0采用的防护理念是“一个中心，三重防护”，即安全管理中心和三重防护。"
+    # an answer over two adjacent sentences is quoted as both
+    first, second = passage.split("。")[:2]
+    two = "保护对象分为五个安全保护等级，等级保护2.0的防护理念是一个中心，三重防护。"
+    assert quote(two, [passage], 0.5) == f"{first}。{second}。"
+    # across the focus gap " … " sentences are not joined
+    assert quote("大熊猫每天吃竹子十多公斤", [other], 0.5) == "成年大熊猫每天要吃十多公斤竹子。"
+    # nothing close enough: the model's words stay (None), nor is an empty answer quoted
+    assert quote("这份资料没有提到测评机构的名称。", [passage], 0.8) is None
+    assert quote("……", [passage], 0.0) is None
+    assert overlap("Level 3 systems", "level 3 SYSTEMS!") == 1.0
+    assert overlap("abc", "xyz") == 0.0
+
+
+def test_relevance_gate_needs_the_question_terms() -> None:
+    """A passage close in meaning (dense score over the threshold) but without the name asked
+    about fails the gate's coverage part; a follow-up's retry query passes on either line."""
+    from app.rag.focus import coverage
+    from app.rag.retriever import KnowledgeBaseRetriever
+
+    gate = KnowledgeBaseRetriever(
+        kb_service=None,
+        knowledge_bases=["kb"],
+        min_dense_score=0.86,
+        min_keyword_score=0.5,
+        min_coverage=0.45,
+    )
+    near = Document(
+        page_content="高句丽长寿王在位期间迁都平壤，并多次出兵百济。",
+        metadata={"dense_score": 0.9, "keyword_score": 0.2},
+    )
+    question = "耶律留哥死后，谁统治辽东？"
+    assert coverage(near.page_content, question) < 0.45
+    assert not gate.relevant(near, question)
+    right = Document(
+        page_content="耶律留哥死后，其妻姚里氏统治辽东，后归附蒙古。",
+        metadata={"dense_score": 0.9, "keyword_score": 0.2},
+    )
+    assert gate.relevant(right, question)
+    low = Document(page_content=right.page_content, metadata={"dense_score": 0.5})
+    assert not gate.relevant(low, question)  # coverage alone is not enough
+    # a retry query: the earlier question, then the elliptical follow-up
+    assert gate.relevant(right, f"{question}\n他的妻子叫什么？")
+    assert KnowledgeBaseRetriever(kb_service=None, knowledge_bases=["kb"]).relevant(near, question)
