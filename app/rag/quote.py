@@ -26,6 +26,15 @@ def units(text: str) -> Counter[str]:
     return Counter(u.lower() for u in _UNIT.findall(text))
 
 
+_WORDY = re.compile(r"[^\W\d_]", re.UNICODE)
+
+
+def has_words(text: str) -> bool:
+    """Whether the text has a letter or a CJK character: "03." or "(2)" alone names a list
+    item of the passage, it does not answer a question that wants a sentence."""
+    return bool(_WORDY.search(text))
+
+
 def overlap(answer: str, candidate: str) -> float:
     """Bag-of-units F1 of two texts."""
     a, c = units(answer), units(candidate)
@@ -64,3 +73,16 @@ def quote(answer: str, passages: Iterable[str], min_overlap: float) -> str | Non
             if score > best_score:
                 best, best_score = candidate, score
     return best if best is not None and best_score >= min_overlap else None
+
+
+def labelled(label: str, passages: Iterable[str]) -> str | None:
+    """The passage sentence that starts with ``label`` ("03." for the list item the model
+    named instead of quoting it), or None."""
+    label = label.strip()
+    if not label:
+        return None
+    for passage in passages:
+        for sentence in candidates(passage, max_run=1):
+            if sentence.strip().startswith(label) and units(sentence) != units(label):
+                return sentence.strip()
+    return None

@@ -370,3 +370,21 @@ def test_relevance_gate_needs_the_question_terms() -> None:
     # a retry query: the earlier question, then the elliptical follow-up
     assert gate.relevant(right, f"{question}\n他的妻子叫什么？")
     assert KnowledgeBaseRetriever(kb_service=None, knowledge_bases=["kb"]).relevant(near, question)
+
+
+def test_a_list_number_is_not_a_sentence_answer() -> None:
+    from app.rag.quote import has_words
+
+    assert not has_words("03.") and not has_words("(2)") and not has_words(" 4 ")
+    assert has_words("一个中心，三重防护") and has_words("Level 3") and has_words("3级")
+
+
+def test_a_list_number_answer_becomes_its_item() -> None:
+    from app.rag.quote import labelled
+
+    passage = (
+        "#### No.1 标准的主要特点\n01.将对象范围改为等级保护对象。"
+        "03.采用了“一个中心，三重防护”的防护理念和分类结构。04.强化了可信计算。"
+    )
+    assert labelled("03.", [passage]) == "03.采用了“一个中心，三重防护”的防护理念和分类结构。"
+    assert labelled("07.", [passage]) is None and labelled(" ", [passage]) is None
