@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from app.api.errors import APIError
 from app.services.container import Services
 from app.settings import Settings
+from ingest.service import KnowledgeBaseService
 
 
 def get_settings(request: Request) -> Settings:
@@ -21,6 +22,17 @@ def get_settings(request: Request) -> Settings:
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+def kb_service(services: Services) -> KnowledgeBaseService:
+    if services.kb is None:
+        raise APIError(
+            503,
+            "knowledge bases are not enabled in this service",
+            type="api_error",
+            code="kb_disabled",
+        )
+    return services.kb
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -17,6 +17,15 @@ from app.llm.base import (
     OverloadedError,
     PromptTooLongError,
 )
+from ingest.errors import (
+    ConflictError,
+    DocumentError,
+    FileTooLargeError,
+    IngestError,
+    InvalidNameError,
+    NotFoundError,
+    UnsupportedTypeError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +103,24 @@ def from_llm_error(exc: LLMError, retry_after_s: int = 5) -> APIError:
             headers={"Retry-After": str(retry_after_s)},
         )
     return APIError(500, str(exc), type="api_error", code="llm_error")
+
+
+_INGEST_STATUS: list[tuple[type[IngestError], int, str, str]] = [
+    (NotFoundError, 404, "not_found_error", "not_found"),
+    (ConflictError, 409, "invalid_request_error", "conflict"),
+    (UnsupportedTypeError, 415, "invalid_request_error", "unsupported_file_type"),
+    (FileTooLargeError, 413, "invalid_request_error", "file_too_large"),
+    (InvalidNameError, 400, "invalid_request_error", "invalid_name"),
+    (DocumentError, 422, "invalid_request_error", "unreadable_document"),
+]
+
+
+def api_error(exc: IngestError) -> APIError:
+    """The status and error shape of an ingest error."""
+    for kind, status, type_, code in _INGEST_STATUS:
+        if isinstance(exc, kind):
+            return APIError(status, str(exc), type=type_, code=code)
+    return APIError(400, str(exc), code="ingest_error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

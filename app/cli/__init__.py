@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from app.settings import Settings, SettingsError, load_settings, masked_dump
+from app.cli.common import ConfigOpt, settings_or_exit, setup_logging
+from app.cli.eval import register as _register_eval
+from app.cli.finetune import register as _register_finetune
+from app.cli.ingest import register as _register_ingest
+from app.cli.models import models_app
+from app.settings import masked_dump
 
 cli = typer.Typer(
     name="kbqa",
@@ -19,27 +23,6 @@ cli = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the settings.", no_args_is_help=True)
 cli.add_typer(config_app, name="config")
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file (TOML or YAML); also KBQA_CONFIG."),
-]
-
-
-def settings_or_exit(config: Path | None, **overrides: object) -> Settings:
-    """Load settings for a command; print a readable error and exit 2 when they are wrong."""
-    try:
-        return load_settings(config, **overrides)
-    except SettingsError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
-
-
-def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
 
 
 @config_app.command("show")
@@ -105,18 +88,8 @@ def main() -> None:
     cli()
 
 
-from app.cli.models import models_app  # noqa: E402
-
+# the other sub-apps, in the order ``kbqa --help`` lists them
 cli.add_typer(models_app, name="models")
-
-from app.cli.ingest import register as _register_ingest  # noqa: E402
-
 _register_ingest(cli)
-
-from app.cli.finetune import register as _register_finetune  # noqa: E402
-
 _register_finetune(cli)
-
-from app.cli.eval import register as _register_eval  # noqa: E402
-
 _register_eval(cli)

@@ -9,15 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli.common import ConfigOpt, settings_or_exit, setup_logging
+
 eval_app = typer.Typer(
     help="Measure which answers better on your documents: retrieval or finetuning.",
     no_args_is_help=True,
 )
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file (TOML or YAML); also KBQA_CONFIG."),
-]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -106,7 +103,6 @@ def compare_cmd(
         TimeRemainingColumn,
     )
 
-    from app.cli import settings_or_exit, setup_logging
     from eval.compare import CompareError, CompareOptions, run_compare
     from eval.data import QAError, read_qa
     from eval.report import rich_table, write_reports
@@ -254,7 +250,6 @@ def report_cmd(
     """Rebuild summary.json and the reports from OUT/results.jsonl (e.g. after an interrupt)."""
     from rich.console import Console
 
-    from app.cli import settings_or_exit
     from eval.compare import RESULTS, RUN, load_results
     from eval.data import QAItem
     from eval.report import rich_table, write_reports

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from app.cli.common import settings_or_exit, setup_logging
+
 if TYPE_CHECKING:
     from app.settings import Settings
     from app.settings.finetune import FinetuneSettings
@@ -39,7 +41,6 @@ def _settings(
     file over it and the command's flags (``overrides``, None values ignored) over that."""
     from pydantic import ValidationError
 
-    from app.cli import settings_or_exit
     from app.settings.finetune import FinetuneSettings
     from finetune.config import ConfigError, deep_merge, load_finetune_config
 
@@ -171,7 +172,6 @@ def data_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Build SFT examples (JSONL) from QA/alpaca/conversations files and/or a knowledge base."""
-    from app.cli import setup_logging
     from finetune.data import DataError, build_dataset, read_examples
 
     if not inputs and not kb:
@@ -240,7 +240,6 @@ def train_cmd(
 ) -> None:
     """Train a LoRA adapter on SFT examples (transformers Trainer + peft); Ctrl-C saves a
     resumable checkpoint."""
-    from app.cli import setup_logging
     from app.llm.base import LLMError
     from finetune.config import ConfigError
     from finetune.data import DataError
@@ -314,7 +313,6 @@ def merge_cmd(
     """Fold a LoRA adapter into its base model: a plain model directory (for vLLM)."""
     import yaml
 
-    from app.cli import setup_logging
     from app.llm.base import LLMError
     from finetune.merge import MergeError, merge_adapter
     from finetune.train import CONFIG_FILE

@@ -10,17 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli.common import ConfigOpt, settings_or_exit, setup_logging
+
 kb_app = typer.Typer(help="Manage knowledge bases.", no_args_is_help=True)
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file (TOML or YAML); also KBQA_CONFIG."),
-]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory.")]
 
 
 def _service(config: Path | None, data_dir: Path | None, **overrides: Any) -> Any:
-    from app.cli import settings_or_exit, setup_logging
     from ingest.service import KnowledgeBaseService
 
     settings = settings_or_exit(config, data_dir=data_dir, **overrides)
@@ -110,7 +107,6 @@ def worker_cmd(
 ) -> None:
     """Run the ingest worker as its own process (for deployments that separate it from the API).
     Jobs a killed worker left running are queued again at start."""
-    from app.cli import settings_or_exit, setup_logging
     from ingest.service import KnowledgeBaseService
     from ingest.worker import Worker
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 
 class LLMError(Exception):
@@ -130,6 +130,25 @@ class LLMBackend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
+
+
+class Releasable(Protocol):
+    """Something held until given back, such as a generation slot; ``release`` is idempotent."""
+
+    def release(self) -> None: ...
+
+
+class ChatGenerator(Protocol):
+    """What generating over a backend takes: the backend, and a stream that holds a generation
+    slot while it runs. :class:`app.llm.chat.ChatService` is the implementation; the RAG chat
+    model (``app.rag.chat_model``) takes this, so it needs nothing above this layer."""
+
+    @property
+    def llm(self) -> LLMBackend: ...
+
+    async def open_stream(
+        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
+    ) -> tuple[Releasable, AsyncIterator[StreamChunk]]: ...
 
 
 class InProcessBackend(LLMBackend):

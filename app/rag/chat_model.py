@@ -1,9 +1,10 @@
 """kbqa's LLM backends as a LangChain chat model.
 
-``KbqaChatModel`` goes through the :class:`~app.services.chat.ChatService`, so a chain's
-generation waits in the same bounded queue as every other request and holds one generation
-slot while it runs. Generation parameters come from the instance and can be overridden per
-call with ``.bind(max_tokens=..., temperature=..., model=...)``.
+``KbqaChatModel`` goes through a :class:`~app.llm.base.ChatGenerator` (the app's
+:class:`~app.llm.chat.ChatService`), so a chain's generation waits in the same bounded queue
+as every other request and holds one generation slot while it runs. Generation parameters
+come from the instance and can be overridden per call with
+``.bind(max_tokens=..., temperature=..., model=...)``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -21,10 +22,9 @@ from langchain_core.callbacks import (
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PlainValidator
 
-from app.llm.base import ChatMessage, GenerationParams
-from app.services.chat import ChatService
+from app.llm.base import ChatGenerator, ChatMessage, GenerationParams
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
@@ -51,12 +51,24 @@ def to_chat_messages(messages: list[BaseMessage]) -> list[ChatMessage]:
     return out
 
 
+def _chat_generator(value: Any) -> ChatGenerator:
+    """A protocol is not an ``isinstance`` target: check the method the model calls."""
+    if not callable(getattr(value, "open_stream", None)):
+        raise ValueError(
+            f"chat must be a ChatGenerator (a ChatService), not {type(value).__name__}"
+        )
+    generator: ChatGenerator = value
+    return generator
+
+
 class KbqaChatModel(BaseChatModel):
     """A LangChain chat model over kbqa's chat service (transformers or openai backend)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    chat: ChatService = Field(description="The chat service (backend + generation queue).")
+    chat: Annotated[ChatGenerator, PlainValidator(_chat_generator)] = Field(
+        description="The chat service (backend + generation queue)."
+    )
     model: str | None = Field(None, description="Adapter name; None: the base model.")
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)

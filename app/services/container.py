@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.llm.base import LLMBackend
-from app.services.chat import ChatService
+from app.llm.chat import ChatService
 
 if TYPE_CHECKING:
     from app.services.rag import RagService

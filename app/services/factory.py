@@ -7,9 +7,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from app.llm.base import LLMBackend
-from app.services.chat import ChatService
+from app.llm.chat import ChatService
+from app.llm.gate import GenerationGate
 from app.services.container import Services
-from app.services.gate import GenerationGate
 from app.settings import Settings
 
 if TYPE_CHECKING:

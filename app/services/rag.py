@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from app.llm.base import ChatMessage, GenerationParams
+from app.llm.base import ChatGenerator, ChatMessage, GenerationParams
+from app.llm.chat import ChatService
 from app.rag.chain import (
     Budget,
     ChainTimings,
@@ -28,9 +29,8 @@ from app.rag.chain import (
 from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
-from app.rag.quote import quote
+from app.rag.quote import has_words, labelled, quote
 from app.rag.retriever import KnowledgeBaseRetriever
-from app.services.chat import ChatService
 from app.settings.rag import RagSettings
 from ingest.models import SearchMode
 
@@ -288,8 +288,9 @@ class RagService:
         )
         history = self.fit_history(history, budget, shell_messages(prompts, question, system, []))
         stats = GenerationStats()
+        generator: ChatGenerator = self.chat  # mypy checks ChatService is one
         chat_model: Any = KbqaChatModel(
-            chat=self.chat,
+            chat=generator,
             model=model,
             max_tokens=params.max_tokens,
             temperature=params.temperature,
@@ -349,8 +350,13 @@ class RagService:
             yield RagEvent("token", text=rest)
         if held:
             said = "".join(held)
-            quoted = quote(said, [d.page_content for d in docs], self.settings.quote_min_overlap)
-            yield RagEvent("token", text=quoted or said)
+            passages = [d.page_content for d in docs]
+            if not has_words(said):  # "03.": a list item's number; its sentence instead
+                item = labelled(said, passages)
+                yield RagEvent("token", text=item or extractive_answer(question, docs))
+            else:
+                quoted = quote(said, passages, self.settings.quote_min_overlap)
+                yield RagEvent("token", text=quoted or said)
         if not gate.answered and grounded:
             # the model said nothing but markers: the passage's own best sentence instead
             yield RagEvent("token", text=extractive_answer(question, docs))

@@ -18,12 +18,12 @@ from app.llm.base import (
     ModelNotFoundError,
     PromptTooLongError,
 )
+from app.llm.chat import ChatService
+from app.llm.gate import GenerationGate
 from app.llm.llamacpp_backend import LlamaCppBackend
 from app.llm.openai_backend import OpenAIBackend, estimate_tokens
 from app.llm.transformers_backend import TransformersBackend
 from app.main import create_app
-from app.services.chat import ChatService
-from app.services.gate import GenerationGate
 from app.settings import load_settings
 
 QUESTION = [ChatMessage("user", "What is the capital of France?")]

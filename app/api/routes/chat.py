@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -15,6 +14,7 @@ from starlette.background import BackgroundTask
 
 from app.api.deps import ServicesDep, SettingsDep
 from app.api.errors import APIError, error_body, from_llm_error
+from app.api.kb_answers import kb_chat_completion
 from app.api.schemas.chat import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -23,8 +23,9 @@ from app.api.schemas.chat import (
     KBChatCompletionResponse,
     Usage,
 )
+from app.api.sse import sse
 from app.llm.base import ChatMessage, GenerationParams, LLMError, StreamChunk
-from app.services.chat import ChatService
+from app.llm.chat import ChatService
 from app.settings import Settings
 
 router = APIRouter(tags=["chat"])
@@ -77,8 +78,6 @@ async def chat_completions(
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if request.knowledge_base is not None:
-        from app.api.routes.kb_chat import kb_chat_completion
-
         return await kb_chat_completion(
             request, messages, services, settings, completion_id, created
         )
@@ -109,10 +108,6 @@ async def chat_completions(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         background=BackgroundTask(slot.release),
     )
-
-
-def sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 async def sse_chunks(

@@ -8,9 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, UploadFile
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ServicesDep
-from app.api.errors import APIError
-from app.api.routes.knowledge_bases import api_error, kb_service
+from app.api.deps import ServicesDep, kb_service
+from app.api.errors import APIError, api_error
 from app.api.schemas.ingest import (
     DocumentList,
     DocumentOut,

@@ -7,9 +7,8 @@ import struct
 
 from fastapi import APIRouter
 
-from app.api.deps import ServicesDep
+from app.api.deps import ServicesDep, kb_service
 from app.api.errors import APIError
-from app.api.routes.knowledge_bases import kb_service
 from app.api.schemas.ingest import (
     EmbeddingItem,
     EmbeddingsRequest,

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import ServicesDep
-from app.api.routes.knowledge_bases import api_error, kb_service
+from app.api.deps import ServicesDep, kb_service
+from app.api.errors import api_error
 from app.api.schemas.ingest import JobList, JobOut
 from ingest.errors import IngestError
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ServicesDep
-from app.api.errors import APIError
+from app.api.deps import ServicesDep, kb_service
+from app.api.errors import api_error
 from app.api.schemas.ingest import (
     KnowledgeBaseCreate,
     KnowledgeBaseList,
@@ -14,47 +14,9 @@ from app.api.schemas.ingest import (
     SearchRequest,
     SearchResponse,
 )
-from app.services.container import Services
-from ingest.errors import (
-    ConflictError,
-    DocumentError,
-    FileTooLargeError,
-    IngestError,
-    InvalidNameError,
-    NotFoundError,
-    UnsupportedTypeError,
-)
-from ingest.service import KnowledgeBaseService
+from ingest.errors import IngestError
 
 router = APIRouter(tags=["knowledge bases"])
-
-_STATUS: list[tuple[type[IngestError], int, str, str]] = [
-    (NotFoundError, 404, "not_found_error", "not_found"),
-    (ConflictError, 409, "invalid_request_error", "conflict"),
-    (UnsupportedTypeError, 415, "invalid_request_error", "unsupported_file_type"),
-    (FileTooLargeError, 413, "invalid_request_error", "file_too_large"),
-    (InvalidNameError, 400, "invalid_request_error", "invalid_name"),
-    (DocumentError, 422, "invalid_request_error", "unreadable_document"),
-]
-
-
-def api_error(exc: IngestError) -> APIError:
-    """The status and error shape of an ingest error."""
-    for kind, status, type_, code in _STATUS:
-        if isinstance(exc, kind):
-            return APIError(status, str(exc), type=type_, code=code)
-    return APIError(400, str(exc), code="ingest_error")
-
-
-def kb_service(services: Services) -> KnowledgeBaseService:
-    if services.kb is None:
-        raise APIError(
-            503,
-            "knowledge bases are not enabled in this service",
-            type="api_error",
-            code="kb_disabled",
-        )
-    return services.kb
 
 
 @router.post("/knowledge_bases", response_model=KnowledgeBaseOut, status_code=201)

@@ -12,7 +12,7 @@ from app.llm.base import (
     LLMBackend,
     StreamChunk,
 )
-from app.services.gate import GenerationGate, Slot
+from app.llm.gate import GenerationGate, Slot
 
 
 class ChatService:
