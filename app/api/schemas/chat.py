@@ -6,17 +6,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.api.schemas.text import Seed, Text
+
 
 class ContentPart(BaseModel):
     type: Literal["text"] = Field(description="Only text parts are supported.")
-    text: str
+    text: Text
 
 
 class ChatMessageIn(BaseModel):
     role: Literal["system", "user", "assistant", "developer"] = Field(
         description="Who speaks; `developer` is treated as `system`."
     )
-    content: str | list[ContentPart] = Field(
+    content: Text | list[ContentPart] = Field(
         description="The text, or a list of text parts.", examples=["等级保护2.0有几个级别？"]
     )
 
@@ -50,8 +52,8 @@ class ChatCompletionRequest(BaseModel):
     )
     max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
     max_completion_tokens: int | None = Field(None, ge=1, description="Alias of max_tokens.")
-    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
-    seed: int | None = Field(None, description="Seed for sampling (temperature > 0).")
+    stop: Text | list[Text] | None = Field(None, description="Up to 4 stop strings.")
+    seed: Seed | None = None
     n: int = Field(1, ge=1, le=1, description="Only 1 choice is supported.")
     # kbqa extensions (the openai SDK sends them with `extra_body`)
     knowledge_base: str | list[str] | None = Field(
@@ -206,7 +208,7 @@ class KBChatCompletionResponse(ChatCompletionResponse):
 
 
 class AskRequest(RagFields):
-    question: str = Field(min_length=1, examples=["三级系统的身份鉴别有哪些要求？"])
+    question: Text = Field(min_length=1, examples=["三级系统的身份鉴别有哪些要求？"])
     knowledge_bases: list[str] = Field(
         default_factory=list, description="More knowledge bases searched with the one in the URL."
     )
@@ -216,7 +218,7 @@ class AskRequest(RagFields):
     model: str | None = Field(None, description="Base model or adapter name (/v1/models).")
     max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 or absent: greedy.")
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class AskResponse(BaseModel):

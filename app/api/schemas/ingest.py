@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.api.schemas.text import Text
 from ingest.models import Document, Job, KnowledgeBase, SearchHit, UploadResult
 
 
@@ -115,7 +116,7 @@ class UploadResponse(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, examples=["等级保护有几个级别？"])
+    query: Text = Field(min_length=1, examples=["等级保护有几个级别？"])
     top_k: int | None = Field(None, ge=1, le=100, description="Default: retrieval.top_k.")
     score_threshold: float | None = Field(
         None, ge=0, le=1, description="Minimum score (0-1). Default: retrieval.score_threshold."
@@ -162,7 +163,7 @@ class SearchResponse(BaseModel):
 
 
 class EmbeddingsRequest(BaseModel):
-    input: str | list[str] = Field(description="Text or texts to embed.", examples=["你好"])
+    input: Text | list[Text] = Field(description="Text or texts to embed.", examples=["你好"])
     model: str | None = Field(None, description="Ignored: the service's embedding model is used.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`float` lists, or `base64` of little-endian float32 (OpenAI SDK)."
