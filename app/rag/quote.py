@@ -63,9 +63,10 @@ def candidates(passage: str, max_run: int = 2) -> list[str]:
 
 def quote(answer: str, passages: Iterable[str], min_overlap: float) -> str | None:
     """The passage text the answer matches best, or None when nothing reaches
-    ``min_overlap``."""
-    if not units(answer):
-        return None
+    ``min_overlap``. An answer without words ("03.") names a list item: its sentence."""
+    passages = list(passages)
+    if not has_words(answer):
+        return labelled(answer, passages)
     best, best_score = None, 0.0
     for passage in passages:
         for candidate in candidates(passage):

@@ -29,7 +29,7 @@ from app.rag.chain import (
 from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
-from app.rag.quote import has_words, labelled, quote
+from app.rag.quote import has_words, quote
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.settings.rag import RagSettings
 from ingest.models import SearchMode
@@ -350,13 +350,10 @@ class RagService:
             yield RagEvent("token", text=rest)
         if held:
             said = "".join(held)
-            passages = [d.page_content for d in docs]
-            if not has_words(said):  # "03.": a list item's number; its sentence instead
-                item = labelled(said, passages)
-                yield RagEvent("token", text=item or extractive_answer(question, docs))
-            else:
-                quoted = quote(said, passages, self.settings.quote_min_overlap)
-                yield RagEvent("token", text=quoted or said)
+            quoted = quote(said, [d.page_content for d in docs], self.settings.quote_min_overlap)
+            if quoted is None and not has_words(said):  # a list number not in the passages
+                quoted = extractive_answer(question, docs)
+            yield RagEvent("token", text=quoted or said)
         if not gate.answered and grounded:
             # the model said nothing but markers: the passage's own best sentence instead
             yield RagEvent("token", text=extractive_answer(question, docs))
