@@ -1,5 +1,11 @@
 """The source's own words as the answer.
 
+Short answers (a name, date, number, place) keep the model's words, finished from the passage:
+a number the passage follows with its unit ("16" -> "16个", ``rag.answer_units``) gets it, and
+an answer that only repeats the question's subject ("蓝线裸顶鲷" for "蓝线裸顶鲷以什么为食？", a
+small model's commonest miss) is replaced by the passage sentence that best matches the rest of
+the question.
+
 A small model asked to copy the passage sentence that answers a question often copies it
 nearly: a word dropped, the subject repeated, a clause reordered. For a compliance question
 the user wants the document's text, so a sentence answer is replaced by the passage text it
@@ -14,7 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from app.rag.focus import GAP, sentences_of
+from app.rag.focus import GAP, relevance, sentences_of
 
 _CJK = "\u3400-\u9fff\uf900-\ufaff"
 # one CJK character, or a run of other letters/digits (a word or a number)
@@ -87,3 +93,75 @@ def labelled(label: str, passages: Iterable[str]) -> str | None:
             if sentence.strip().startswith(label) and units(sentence) != units(label):
                 return sentence.strip()
     return None
+
+
+_PUNCT = re.compile(r"[\W_]+", re.UNICODE)
+_ENDS_IN_NUMBER = re.compile(r"[0-9０-９零〇一二两三四五六七八九十百千万亿]$")
+
+
+def echoes(answer: str, question: str) -> bool:
+    """Whether a short answer is only the start of the question (its subject), punctuation
+    and case aside: the model named what was asked about instead of answering."""
+    core = _PUNCT.sub("", answer).lower()
+    return len(core) >= 2 and _PUNCT.sub("", question).lower().startswith(core)
+
+
+def with_unit(answer: str, passages: Iterable[str], unit_pattern: str) -> str:
+    """A number answer followed in the passage by a unit or measure word (``unit_pattern``,
+    matched right after it) gets that unit: "81.6万" -> "81.6万册". Unchanged otherwise."""
+    core = answer.strip().rstrip("。.，,；;")
+    if not unit_pattern or not core or not _ENDS_IN_NUMBER.search(core):
+        return answer
+    unit = re.compile(unit_pattern)
+    for passage in passages:
+        start = passage.find(core)
+        while start >= 0:
+            end = start + len(core)
+            # a whole number, not the tail of a longer one ("16" inside "216")
+            if not (start and passage[start - 1].isdigit()):
+                found = unit.match(passage, end)
+                if found and found.group():
+                    return core + found.group()
+            start = passage.find(core, start + 1)
+    return answer
+
+
+def focused_sentence(question: str, passages: Iterable[str], leave_out: str) -> str | None:
+    """The passage sentence sharing most with the question once ``leave_out`` (the subject an
+    echoed answer repeated, present everywhere) is removed from both; None without any."""
+    rest = question.replace(leave_out, " ") if leave_out else question
+    best, best_score = None, 0.0
+    for passage in passages:
+        for sentence in candidates(passage, max_run=1):
+            sentence = sentence.strip()
+            score = relevance(sentence.replace(leave_out, " ") if leave_out else sentence, rest)
+            if score > best_score:
+                best, best_score = sentence, score
+    return best
+
+
+def finish(
+    answer: str,
+    question: str,
+    passages: Iterable[str],
+    *,
+    short: bool,
+    min_overlap: float,
+    unit_pattern: str,
+) -> str | None:
+    """The answer as the user reads it. An echoed subject becomes the sentence that answers;
+    a short answer (``short``: the question asked for a name, date, number or place) keeps its
+    words, a number gains its unit; any other answer is quoted from the passages when it
+    overlaps one enough (``min_overlap``), else kept. None: the answer has no words and names
+    no list item of the passages (the caller falls back to the passage itself)."""
+    passages = list(passages)
+    if echoes(answer, question):
+        found = focused_sentence(question, passages, answer.strip().strip("《》“”\"'「」。."))
+        if found:
+            return found
+    if short:
+        return with_unit(answer, passages, unit_pattern)
+    quoted = quote(answer, passages, min_overlap)
+    if quoted is None and not has_words(answer):
+        return None
+    return quoted or answer

@@ -29,7 +29,7 @@ from app.rag.chain import (
 from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
-from app.rag.quote import has_words, quote
+from app.rag.quote import finish
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.settings.rag import RagSettings
 from ingest.models import SearchMode
@@ -322,8 +322,8 @@ class RagService:
         citations = CitationFilter(0)
         gate = ContentGate()
         docs: list[Document] = []
-        # a sentence answer is held until complete, then quoted from the passages (app.rag.quote)
-        quoting = self.settings.quote_answers and not prompts.short
+        # an answer is held until complete, then finished from the passages (app.rag.quote)
+        quoting = self.settings.quote_answers
         held: list[str] = []
         async for part in chain.astream(inputs):
             if "context" in part:
@@ -349,11 +349,16 @@ class RagService:
         elif rest:
             yield RagEvent("token", text=rest)
         if held:
-            said = "".join(held)
-            quoted = quote(said, [d.page_content for d in docs], self.settings.quote_min_overlap)
-            if quoted is None and not has_words(said):  # a list number not in the passages
-                quoted = extractive_answer(question, docs)
-            yield RagEvent("token", text=quoted or said)
+            final = finish(
+                "".join(held),
+                question,
+                [d.page_content for d in docs],
+                short=prompts.short,
+                min_overlap=self.settings.quote_min_overlap,
+                unit_pattern=self.settings.answer_units,
+            )
+            # None: a list number that names no item of the passages
+            yield RagEvent("token", text=final or extractive_answer(question, docs))
         if not gate.answered and grounded:
             # the model said nothing but markers: the passage's own best sentence instead
             yield RagEvent("token", text=extractive_answer(question, docs))

@@ -137,8 +137,9 @@ def test_chinese_question_finds_the_clause(client: httpx.Client) -> None:
 
 def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: httpx.Client) -> None:
     """rag.quote_answers: a sentence answer becomes the passage text it overlaps most (when
-    enough), verbatim; a short-answer question ("how tall") keeps the model's own words."""
-    from app.rag.quote import quote
+    enough), verbatim; a short-answer question ("how tall") keeps the model's own words,
+    finished from the passage (app.rag.quote.finish)."""
+    from app.rag.quote import finish
 
     settings = server.settings.rag
     changed = 0
@@ -150,14 +151,31 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
         answer = _ask(client, kb, question)
         said = server.spy.last_text
         texts = [s["text"] for s in answer["sources"]]
-        expected = quote(said, texts, settings.quote_min_overlap) or said
+        expected = finish(
+            said,
+            question,
+            texts,
+            short=False,
+            min_overlap=settings.quote_min_overlap,
+            unit_pattern=settings.answer_units,
+        )
+        assert expected is not None
         assert answer["answer"] == expected, (question, said)
         changed += answer["answer"] != said
         if answer["answer"] != said:
             assert any(answer["answer"] in text for text in texts)
     assert changed, "the model's answers were never replaced by a passage's words"
     short = _ask(client, "en", EN_Q)
-    assert short["answer"] == server.spy.last_text
+    said = server.spy.last_text
+    assert short["answer"] == finish(
+        said,
+        EN_Q,
+        [s["text"] for s in short["sources"]],
+        short=True,
+        min_overlap=settings.quote_min_overlap,
+        unit_pattern=settings.answer_units,
+    )
+    assert short["answer"].startswith(said.strip().rstrip("."))
 
 
 def test_off_topic_question_is_refused_without_the_llm(server: Any, client: httpx.Client) -> None:

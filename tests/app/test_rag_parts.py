@@ -388,3 +388,45 @@ def test_a_list_number_answer_becomes_its_item() -> None:
     )
     assert labelled("03.", [passage]) == "03.采用了“一个中心，三重防护”的防护理念和分类结构。"
     assert labelled("07.", [passage]) is None and labelled(" ", [passage]) is None
+
+
+def test_a_number_answer_gets_its_unit_from_the_passage() -> None:
+    from app.rag.quote import with_unit
+
+    units = load_settings().rag.answer_units
+    passage = "该馆藏书81.6万册，设有16个阅览室；另有216个座位。全长1122米。"
+    assert with_unit("81.6万", [passage], units) == "81.6万册"
+    assert with_unit("16", [passage], units) == "16个"  # not "216个"'s tail
+    assert with_unit("1122。", [passage], units) == "1122米"
+    assert with_unit("16", [passage], "") == "16"  # rag.answer_units empty: never
+    # not a number, not in the passage, or followed by no unit: unchanged
+    assert with_unit("阅览室", [passage], units) == "阅览室"
+    assert with_unit("17", [passage], units) == "17"
+    assert with_unit("81.6", ["共81.6，其余"], units) == "81.6"
+
+
+def test_an_echoed_subject_becomes_the_sentence_that_answers() -> None:
+    from app.rag.quote import echoes, finish
+
+    passage = (
+        "蓝线裸顶鲷，又称蓝线白𫚭，为鲈形目龙占鱼科的一个种。"
+        "本鱼栖息在岩礁附近的沙质海域，属肉食性，以甲壳类、头足类和小鱼为食。"
+        "体长可达80公分。"
+    )
+    question = "蓝线裸顶鲷以什么为食？"
+    assert echoes("蓝线裸顶鲷", question) and echoes("《蓝线裸顶鲷》。", question)
+    assert not echoes("甲壳类", question) and not echoes("鲷", question)
+    kwargs = {"min_overlap": 0.5, "unit_pattern": load_settings().rag.answer_units}
+    for short in (True, False):
+        assert finish("蓝线裸顶鲷", question, [passage], short=short, **kwargs) == (
+            "本鱼栖息在岩礁附近的沙质海域，属肉食性，以甲壳类、头足类和小鱼为食。"
+        )
+    # a short answer keeps its words (a number gains its unit); a sentence answer is quoted
+    assert finish("80", "它的体长可达多少？", [passage], short=True, **kwargs) == "80公分"
+    assert finish("甲壳类", question, [passage], short=True, **kwargs) == "甲壳类"
+    said = "本鱼以甲壳类、头足类和小鱼为食"
+    assert finish(said, question, [passage], short=False, **kwargs) == (
+        "本鱼栖息在岩礁附近的沙质海域，属肉食性，以甲壳类、头足类和小鱼为食。"
+    )
+    # no words and no list item of that number: None (the service answers from the passage)
+    assert finish("07.", question, [passage], short=False, **kwargs) is None
