@@ -37,6 +37,8 @@ class SFTExample:
     messages: list[dict[str, str]]
     source: str | None = None
     answers: list[str] = field(default_factory=list)
+    # a knowledge-injection example (a chunk's text): always trained on, never held out
+    knowledge: bool = False
 
     @property
     def question(self) -> str:
@@ -195,10 +197,13 @@ def holdout_split(
 ) -> tuple[list[SFTExample], list[SFTExample]]:
     """Deterministic (train, holdout): groups ordered by a seeded hash, the first
     ceil(fraction x groups) held out. Same input and seed -> same split; no group on both sides.
+    Knowledge examples (``knowledge``: a chunk's text) are never test questions: by question
+    they always train, by source they are left out with their held-out document.
     """
     if fraction <= 0:
         return list(examples), []
-    groups = sorted({_group_key(e, by) for e in examples})
+    # knowledge examples (a chunk's text) always train: the test asks questions, not chunks
+    groups = sorted({_group_key(e, by) for e in examples if not e.knowledge})
     if len(groups) < 2:
         raise DataError(f"holdout by {by} needs at least 2 distinct {by}s, got {len(groups)}")
 
@@ -207,8 +212,14 @@ def holdout_split(
 
     n_hold = min(len(groups) - 1, max(1, math.ceil(fraction * len(groups))))
     held = set(sorted(groups, key=rank)[:n_hold])
-    train = [e for e in examples if _group_key(e, by) not in held]
-    holdout = [e for e in examples if _group_key(e, by) in held]
+    # by question a knowledge example always trains; by source it follows its document (a
+    # held-out document stays unseen), and it is never a test question
+    train = [
+        e
+        for e in examples
+        if (e.knowledge and by == "question") or _group_key(e, by) not in held
+    ]
+    holdout = [e for e in examples if not e.knowledge and _group_key(e, by) in held]
     return train, holdout
 
 

@@ -13,7 +13,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.settings.finetune import FinetuneDataSettings
@@ -95,6 +95,7 @@ def chunk_examples(chunks: Iterable[KBChunk], settings: FinetuneDataSettings) ->
                 ],
                 source=chunk.document,
                 answers=[answer],
+                knowledge=True,
             )
         )
     return examples
@@ -159,11 +160,47 @@ def parse_qa_reply(reply: str) -> tuple[list[tuple[str, str]], int]:
     return pairs, bad
 
 
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+DROP_REASONS = ("missing", "failed_call", "too_long", "not_in_chunk", "duplicate")
+
+
+def is_chinese(text: str, ratio: float) -> bool:
+    """Whether at least ``ratio`` of the text's letters are CJK characters."""
+    letters = _LETTER.findall(text)
+    return bool(letters) and sum(1 for c in letters if _CJK.match(c)) / len(letters) >= ratio
+
+
+def support(answer: str, text: str) -> float:
+    """The share of the answer's CJK characters and words that the text has (1.0: every one;
+    an answer copied from the text, in any order)."""
+    from app.rag.quote import units
+
+    wanted = units(answer)
+    total = sum(wanted.values())
+    return sum((wanted & units(text)).values()) / total if total else 0.0
+
+
+def _question_key(question: str) -> str:
+    return re.sub(r"[\W_]+", "", question, flags=re.UNICODE).casefold()
+
+
 @dataclass
 class GeneratedQA:
     examples: list[SFTExample]
-    skipped: int  # pairs asked for that did not come back usable (unparsed, empty, failed call)
+    skipped: int  # pairs asked for and not kept (the sum of ``dropped``)
     failed_chunks: int
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> pairs (DROP_REASONS)
+    asked: int = 0  # pairs asked for (chunks x generate_qa_per_chunk)
+
+    def report(self) -> dict[str, Any]:
+        """What a person checks before training on generated pairs."""
+        return {
+            "asked": self.asked,
+            "kept": len(self.examples),
+            "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS},
+            "failed_chunks": self.failed_chunks,
+        }
 
 
 def generate_qa(
@@ -172,52 +209,79 @@ def generate_qa(
     settings: FinetuneDataSettings,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> GeneratedQA:
-    """Ask the LLM for question/answer pairs about each chunk; count what had to be skipped.
+    """Ask the LLM for question/answer pairs about each chunk, keep the usable ones.
 
-    ``on_chunk(pairs_kept, pairs_skipped)`` is called after each chunk (progress display).
+    A pair is dropped, and counted by reason, when it did not come back usable (``missing``:
+    unparsed, empty, or fewer pairs than asked; ``failed_call``: the LLM call failed), its
+    answer is longer than ``generate_qa_max_answer_chars`` (``too_long``) or not taken from
+    its chunk (``not_in_chunk``: less than ``generate_qa_min_support`` of it is in the chunk),
+    or its question was already kept (``duplicate``, any chunk, punctuation and case aside).
+    ``on_chunk(pairs_kept, pairs_dropped)`` is called after each chunk (progress display).
     """
+    per_chunk = settings.generate_qa_per_chunk
     examples: list[SFTExample] = []
-    skipped = failed = 0
+    dropped: Counter[str] = Counter()
+    seen: set[str] = set()
+    failed = asked = 0
     for chunk in chunks:
-        if not chunk.text.strip():
+        text = chunk.text.strip()
+        if not text:
             continue
-        prompt = settings.generate_qa_prompt.format(
-            n=settings.generate_qa_per_chunk, title=chunk.title, text=chunk.text.strip()
+        asked += per_chunk
+        template = (
+            settings.generate_qa_prompt_zh
+            if is_chinese(text, settings.generate_qa_zh_ratio)
+            else settings.generate_qa_prompt
         )
+        prompt = template.format(n=per_chunk, title=chunk.title, text=text)
         try:
             reply = ask(prompt)
         except Exception as exc:  # one failing call must not lose the others
             failed += 1
-            skipped += settings.generate_qa_per_chunk
+            dropped["failed_call"] += per_chunk
             logger.warning(
                 "event=generate_qa_failed chunk=%s error=%s", chunk.chunk_id, type(exc).__name__
             )
             if on_chunk:
-                on_chunk(0, settings.generate_qa_per_chunk)
+                on_chunk(0, per_chunk)
             continue
-        pairs, bad = parse_qa_reply(reply)
-        pairs = pairs[: settings.generate_qa_per_chunk]
-        # skipped: the pairs asked for that did not come back usable
-        bad = max(0, settings.generate_qa_per_chunk - len(pairs))
-        skipped += bad
-        for number, (question, answer) in enumerate(pairs, start=1):
-            examples.append(
-                SFTExample(
-                    id=f"gen-{chunk.chunk_id}-{number}",
-                    messages=[
-                        {"role": "user", "content": question},
-                        {"role": "assistant", "content": answer},
-                    ],
-                    source=chunk.document,
-                    answers=[answer],
+        pairs, _ = parse_qa_reply(reply)
+        pairs = pairs[:per_chunk]
+        before = sum(dropped.values())
+        dropped["missing"] += per_chunk - len(pairs)
+        kept = 0
+        for question, answer in pairs:
+            key = _question_key(question)
+            if len(answer) > settings.generate_qa_max_answer_chars:
+                dropped["too_long"] += 1
+            elif support(answer, text) < settings.generate_qa_min_support:
+                dropped["not_in_chunk"] += 1
+            elif key in seen:
+                dropped["duplicate"] += 1
+            else:
+                seen.add(key)
+                kept += 1
+                examples.append(
+                    SFTExample(
+                        id=f"gen-{chunk.chunk_id}-{kept}",
+                        messages=[
+                            {"role": "user", "content": question},
+                            {"role": "assistant", "content": answer},
+                        ],
+                        source=chunk.document,
+                        answers=[answer],
+                    )
                 )
-            )
         if on_chunk:
-            on_chunk(len(pairs), bad)
+            on_chunk(kept, sum(dropped.values()) - before)
+    result = GeneratedQA(
+        examples, sum(dropped.values()), failed, {k: v for k, v in dropped.items() if v}, asked
+    )
     logger.info(
-        "event=generate_qa_done pairs=%d skipped=%d failed_chunks=%d",
+        "event=generate_qa_done asked=%d kept=%d dropped=%s failed_chunks=%d",
+        asked,
         len(examples),
-        skipped,
+        json.dumps(result.report()["dropped"]),
         failed,
     )
-    return GeneratedQA(examples, skipped, failed)
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -74,8 +75,9 @@ def _nested(flat: dict[str, Any]) -> dict[str, Any]:
 
 def _kb_examples(
     settings: Settings, kb: str, generate: bool, ft: FinetuneSettings
-) -> tuple[list[Any], int]:
-    """Knowledge-injection examples of a knowledge base (+ LLM-written QA pairs), skipped count."""
+) -> tuple[list[Any], Any]:
+    """Knowledge-injection examples of a knowledge base (+ LLM-written QA pairs), and the
+    generation's result (None without ``generate``)."""
     from finetune.kb import chunk_examples, read_chunks
     from ingest.errors import IngestError
     from ingest.service import KnowledgeBaseService
@@ -91,9 +93,9 @@ def _kb_examples(
         raise _fail(f"knowledge base {kb!r} has no ready chunks; ingest documents first")
     examples = chunk_examples(chunks, ft.data)
     if not generate:
-        return examples, 0
+        return examples, None
     generated = _generate_qa(settings, chunks, ft)
-    return examples + generated.examples, generated.skipped
+    return examples + generated.examples, generated
 
 
 def _generate_qa(settings: Settings, chunks: list[Any], ft: FinetuneSettings) -> Any:
@@ -189,7 +191,7 @@ def data_cmd(
             read_examples(path)
     except DataError as exc:
         raise _fail(str(exc)) from exc
-    extra, skipped = _kb_examples(settings, kb, generate_qa, ft) if kb else ([], 0)
+    extra, generated = _kb_examples(settings, kb, generate_qa, ft) if kb else ([], None)
     try:
         report = build_dataset(
             list(inputs or []),
@@ -206,8 +208,15 @@ def data_cmd(
         line += f" holdout={report.holdout} holdout_out={report.holdout_path}"
     if kb:
         line += f" kb_examples={len(extra)}"
-    if generate_qa:
-        line += f" generated_skipped={skipped}"
+    if generated is not None:
+        # how many generated pairs were kept, and why the others were dropped
+        report_path = out.with_name(f"{out.stem}.generate-qa.json")
+        report_path.write_text(json.dumps(generated.report(), indent=2) + "\n", encoding="utf-8")
+        dropped = " ".join(f"{k}={v}" for k, v in generated.report()["dropped"].items())
+        line += (
+            f" generated_kept={len(generated.examples)} generated_skipped={generated.skipped}"
+            f" ({dropped}) generate_report={report_path}"
+        )
     typer.echo(line)
 
 

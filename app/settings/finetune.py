@@ -43,6 +43,35 @@ class FinetuneDataSettings(Section):
     generate_qa_max_tokens: int = Field(
         384, gt=0, description="`--generate-qa`: answer budget of the LLM call for one chunk."
     )
+    generate_qa_max_answer_chars: int = Field(
+        150,
+        gt=0,
+        description="`--generate-qa`: a generated answer longer than this (characters) is "
+        "dropped (`too_long`): a short answer is what the test scores and what the adapter "
+        "should learn to say.",
+    )
+    generate_qa_min_support: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="`--generate-qa`: least share of a generated answer's characters (words "
+        "for non-CJK text) found in its chunk; below it the pair is dropped (`not_in_chunk`): "
+        "the model answered from elsewhere, or invented.",
+    )
+    generate_qa_zh_ratio: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="`--generate-qa`: a chunk whose letters are at least this share CJK gets "
+        "`generate_qa_prompt_zh` (questions in Chinese), others `generate_qa_prompt`.",
+    )
+    generate_qa_prompt_zh: str = Field(
+        "根据下面的资料写出{n}个问题，每个问题附一个简短的答案，答案必须是资料中的原文。"
+        '每行一个JSON对象，格式为{{"question": "...", "answer": "..."}}，不要写其他内容。\n\n'
+        "资料（{title}）：\n{text}",
+        description="`--generate-qa`: the user message for a Chinese chunk (see "
+        "`generate_qa_zh_ratio`); same fields as `generate_qa_prompt`.",
+    )
     generate_qa_prompt: str = Field(
         "Write {n} questions that the following passage answers, each with a short answer "
         "taken from the passage. Reply with one JSON object per line, exactly like "

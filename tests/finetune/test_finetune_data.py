@@ -206,7 +206,7 @@ def test_generate_qa_counts_skipped_pairs() -> None:
     def ask(prompt: str) -> str:
         asked.append(prompt)
         if "text 0" in prompt:
-            return '{"question": "Q0?", "answer": "A0"}\n{"question": "", "answer": "x"}'
+            return '{"question": "Q0?", "answer": "text 0"}\n{"question": "", "answer": "x"}'
         if "text 1" in prompt:
             raise TimeoutError("LLM down")
         return "I cannot help with that."
@@ -215,12 +215,102 @@ def test_generate_qa_counts_skipped_pairs() -> None:
     settings = FinetuneDataSettings.model_validate({"generate_qa_per_chunk": 2})
     result = generate_qa(chunks, ask, settings, lambda k, s: progress.append((k, s)))
     assert [e.messages for e in result.examples] == [
-        [{"role": "user", "content": "Q0?"}, {"role": "assistant", "content": "A0"}]
+        [{"role": "user", "content": "Q0?"}, {"role": "assistant", "content": "text 0"}]
     ]
-    assert result.examples[0].source == "doc.txt"
+    assert result.examples[0].source == "doc.txt" and not result.examples[0].knowledge
     assert (result.skipped, result.failed_chunks) == (1 + 2 + 2, 1)
+    assert result.report() == {
+        "asked": 6,
+        "kept": 1,
+        "dropped": {
+            "missing": 3,
+            "failed_call": 2,
+            "too_long": 0,
+            "not_in_chunk": 0,
+            "duplicate": 0,
+        },
+        "failed_chunks": 1,
+    }
     assert progress == [(1, 1), (0, 2), (0, 2)]
     assert "Write 2 questions" in asked[0] and "text 0" in asked[0]
+
+
+def test_generated_pairs_are_dropped_by_reason() -> None:
+    """Kept: an answer taken from its chunk, once per question. Dropped: a duplicate question
+    (any chunk, punctuation and case aside), an answer the chunk does not hold, a too-long
+    one. A Chinese chunk gets the Chinese prompt."""
+    from finetune.kb import is_chinese, support
+
+    zh = "等级保护2.0采用的防护理念是“一个中心，三重防护”。第三级系统每年至少测评一次。"
+    chunks = [
+        KBChunk("c0", "dengbao.md", "总则", zh),
+        KBChunk("c1", "guide.txt", "", "Level 3 systems are assessed once a year."),
+    ]
+    replies = {
+        "c0": [
+            {"question": "防护理念是什么？", "answer": "一个中心，三重防护"},
+            {"question": "第三级系统多久测评一次？", "answer": "每年至少测评一次"},
+            {"question": "谁负责测评？", "answer": "公安机关指定的测评机构"},  # not in the chunk
+        ],
+        "c1": [
+            {"question": "防护理念是什么?", "answer": "Level 3"},  # duplicate question
+            {"question": "How often are Level 3 systems assessed?", "answer": "once a year"},
+            {"question": "What is assessed?", "answer": "Level 3 systems " * 20},  # too long
+        ],
+    }
+    prompts: list[str] = []
+
+    def ask(prompt: str) -> str:
+        prompts.append(prompt)
+        chunk = "c0" if "防护理念" in prompt else "c1"
+        return "\n".join(json.dumps(r, ensure_ascii=False) for r in replies[chunk])
+
+    settings = FinetuneDataSettings.model_validate({"generate_qa_max_answer_chars": 100})
+    result = generate_qa(chunks, ask, settings)
+    assert [e.question for e in result.examples] == [
+        "防护理念是什么？",
+        "第三级系统多久测评一次？",
+        "How often are Level 3 systems assessed?",
+    ]
+    assert result.report()["dropped"] == {
+        "missing": 0,
+        "failed_call": 0,
+        "too_long": 1,
+        "not_in_chunk": 1,
+        "duplicate": 1,
+    }
+    assert result.report()["kept"] == 3 and result.skipped == 3
+    assert prompts[0].startswith("根据下面的资料写出3个问题") and prompts[1].startswith("Write 3")
+    assert is_chinese(zh, 0.3) and not is_chinese("Level 3 系统", 0.5)
+    assert support("三重防护，一个中心", zh) == 1.0 and support("公安机关", zh) == 0.0
+
+
+def test_knowledge_examples_are_never_test_questions() -> None:
+    from finetune.data import SFTExample, holdout_split
+
+    def example(i: int, source: str, knowledge: bool = False) -> SFTExample:
+        return SFTExample(
+            id=f"e{i}",
+            messages=[
+                {"role": "user", "content": f"question {i}?"},
+                {"role": "assistant", "content": f"answer {i}"},
+            ],
+            source=source,
+            knowledge=knowledge,
+        )
+
+    qa = [example(i, f"d{i % 4}.txt") for i in range(20)]
+    chunks = [example(100 + i, f"d{i}.txt", knowledge=True) for i in range(4)]
+    train, held = holdout_split(qa + chunks, 0.25, "question", 0)
+    assert held and not any(e.knowledge for e in held)
+    assert all(c in train for c in chunks)  # by question: every chunk trains
+    train, held = holdout_split(qa + chunks, 0.25, "source", 0)
+    held_sources = {e.source for e in held}
+    assert held_sources and not any(e.knowledge for e in held)
+    # by source: a held-out document's chunk is not trained on either
+    assert {c.source for c in chunks if c in train} == {f"d{i}.txt" for i in range(4)} - (
+        held_sources
+    )
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -245,3 +335,37 @@ def test_cli_data_writes_train_and_holdout(tmp_path: Path) -> None:
     assert len((tmp_path / "train.holdout.jsonl").read_text().splitlines()) == 2
     result = CliRunner().invoke(cli, [*args, "--holdout-by", "chapter"])
     assert result.exit_code == 2 and "holdout_by" in result.output
+
+
+def test_cli_generate_qa_writes_its_report(tmp_path: Path, models_dir: Path) -> None:
+    """`kbqa finetune data --kb K --generate-qa` with the real tiny model: the chunks train as
+    knowledge examples, and `<out>.generate-qa.json` says how many generated pairs were kept
+    and why the others were dropped (every pair asked for is accounted for)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tower.txt").write_text(
+        "The Eiffel Tower in Paris was completed in 1889. It is 330 metres tall.",
+        encoding="utf-8",
+    )
+    env = {
+        "KBQA_DATA_DIR": str(tmp_path / "data"),
+        "KBQA_MODELS_DIR": str(models_dir),
+        "KBQA_INGEST__WORKERS": "0",
+        "KBQA_FINETUNE__DATA__GENERATE_QA_MAX_TOKENS": "64",
+    }
+    runner = CliRunner()
+    ingested = runner.invoke(cli, ["ingest", str(docs), "--kb", "facts"], env=env)
+    assert ingested.exit_code == 0, ingested.output
+    out = tmp_path / "train.jsonl"
+    args = ["finetune", "data", "--kb", "facts", "--generate-qa", "--out", str(out)]
+    result = runner.invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "train.generate-qa.json").read_text())
+    assert report["asked"] == 3 and report["failed_chunks"] == 0
+    assert report["kept"] + sum(report["dropped"].values()) == report["asked"]
+    assert f"generated_kept={report['kept']}" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["answers"] == [
+        "The Eiffel Tower in Paris was completed in 1889. It is 330 metres tall."
+    ]
+    assert len(rows) == 1 + report["kept"]
