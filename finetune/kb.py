@@ -66,6 +66,14 @@ def read_chunks(source: ChunkSource, kb: str) -> list[KBChunk]:
     return chunks
 
 
+def spread(chunks: list[KBChunk], limit: int) -> list[KBChunk]:
+    """At most ``limit`` chunks, evenly spaced over the list (deterministic); 0: all."""
+    if limit <= 0 or len(chunks) <= limit:
+        return list(chunks)
+    step = len(chunks) / limit
+    return [chunks[int(i * step)] for i in range(limit)]
+
+
 def chunk_examples(chunks: Iterable[KBChunk], settings: FinetuneDataSettings) -> list[SFTExample]:
     """Knowledge-injection examples: "what does <title> say?" -> the chunk text.
 

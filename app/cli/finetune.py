@@ -78,7 +78,7 @@ def _kb_examples(
 ) -> tuple[list[Any], Any]:
     """Knowledge-injection examples of a knowledge base (+ LLM-written QA pairs), and the
     generation's result (None without ``generate``)."""
-    from finetune.kb import chunk_examples, read_chunks
+    from finetune.kb import chunk_examples, read_chunks, spread
     from ingest.errors import IngestError
     from ingest.service import KnowledgeBaseService
 
@@ -91,6 +91,7 @@ def _kb_examples(
         service.close()
     if not chunks:
         raise _fail(f"knowledge base {kb!r} has no ready chunks; ingest documents first")
+    chunks = spread(chunks, ft.data.kb_max_chunks)
     examples = chunk_examples(chunks, ft.data)
     if not generate:
         return examples, None
@@ -170,6 +171,10 @@ def data_cmd(
         str | None, typer.Option(help="Holdout unit: question or source (document).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the holdout split.")] = None,
+    max_chunks: Annotated[
+        int | None,
+        typer.Option(help="With --kb: at most this many chunks, evenly spaced (0: all)."),
+    ] = None,
     config: FinetuneConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -183,7 +188,12 @@ def data_cmd(
     settings, ft = _settings(
         config,
         data_dir,
-        {"data.holdout": holdout, "data.holdout_by": holdout_by, "data.holdout_seed": seed},
+        {
+            "data.holdout": holdout,
+            "data.holdout_by": holdout_by,
+            "data.holdout_seed": seed,
+            "data.kb_max_chunks": max_chunks,
+        },
     )
     setup_logging("warning")
     try:

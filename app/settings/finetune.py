@@ -37,6 +37,14 @@ class FinetuneDataSettings(Section):
         description="Appended to the question when several chunks share one title, so that "
         "every knowledge-injection question has one answer.",
     )
+    kb_max_chunks: int = Field(
+        0,
+        ge=0,
+        description="`--kb`: use at most this many of the knowledge base's chunks (evenly "
+        "spaced over its documents in order, so the same chunks every run) for knowledge "
+        "examples and `--generate-qa`; 0: all. Bounds the CPU time of a recipe on a large "
+        "document.",
+    )
     generate_qa_per_chunk: int = Field(
         3, ge=1, description="`--generate-qa`: question/answer pairs asked of the LLM per chunk."
     )

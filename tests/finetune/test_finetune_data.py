@@ -187,6 +187,14 @@ def test_chunks_become_knowledge_examples() -> None:
     ]
 
 
+def test_at_most_n_chunks_evenly_spaced() -> None:
+    from finetune.kb import spread
+
+    chunks = [KBChunk(f"c{i}", "doc.txt", "", f"text {i}") for i in range(10)]
+    assert [c.chunk_id for c in spread(chunks, 4)] == ["c0", "c2", "c5", "c7"]
+    assert spread(chunks, 0) == chunks and spread(chunks, 20) == chunks
+
+
 def test_parse_qa_reply_shapes() -> None:
     assert parse_qa_reply('{"question": "A?", "answer": "a"}\n{"question": "B?"}\nnoise') == (
         [("A?", "a")],
@@ -358,7 +366,7 @@ def test_cli_generate_qa_writes_its_report(tmp_path: Path, models_dir: Path) -> 
     assert ingested.exit_code == 0, ingested.output
     out = tmp_path / "train.jsonl"
     args = ["finetune", "data", "--kb", "facts", "--generate-qa", "--out", str(out)]
-    result = runner.invoke(cli, args, env=env)
+    result = runner.invoke(cli, [*args, "--max-chunks", "1"], env=env)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "train.generate-qa.json").read_text())
     assert report["asked"] == 3 and report["failed_chunks"] == 0
