@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from app.llm.base import ChatGenerator, ChatMessage, GenerationParams
+from app.llm.base import (
+    ChatGenerator,
+    ChatMessage,
+    GenerationParams,
+    LLMBackend,
+    Releasable,
+    StreamChunk,
+)
 from app.llm.chat import ChatService
 from app.rag.chain import (
     Budget,
@@ -77,6 +84,42 @@ class RagAnswer:
     timings: dict[str, float]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass
+class RagPrompt:
+    """What the chain would send the model for one question (``RagService.prompt_messages``)."""
+
+    messages: list[ChatMessage] | None  # None: the model is not called (refused)
+    sources: list[dict[str, Any]]
+    refused: bool
+
+
+class _Released:
+    def release(self) -> None:
+        return None
+
+
+class _PromptRecorder:
+    """A ``ChatGenerator`` that keeps the messages it is given and answers nothing."""
+
+    def __init__(self, chat: ChatGenerator) -> None:
+        self.chat = chat
+        self.messages: list[ChatMessage] | None = None
+
+    @property
+    def llm(self) -> LLMBackend:
+        return self.chat.llm
+
+    async def open_stream(
+        self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
+    ) -> tuple[Releasable, AsyncIterator[StreamChunk]]:
+        self.messages = list(messages)
+
+        async def nothing() -> AsyncIterator[StreamChunk]:
+            yield StreamChunk("", "stop")
+
+        return _Released(), nothing()
 
 
 def source_of(doc: Document) -> dict[str, Any]:
@@ -259,6 +302,49 @@ class RagService:
     ) -> AsyncIterator[RagEvent]:
         """Events of one answer. Every error a request can hit (unknown knowledge base or
         model, no LLM, overload) is raised before the first token event."""
+        async for event in self._events(
+            question, knowledge_bases, history, options, params, model, system_prompt, self.chat
+        ):
+            yield event
+
+    async def prompt_messages(
+        self,
+        question: str,
+        knowledge_bases: list[str],
+        *,
+        history: list[ChatMessage] | None = None,
+        options: RagOptions | None = None,
+        params: GenerationParams | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+    ) -> RagPrompt:
+        """The chat messages ``answer`` would send the model for this question, without
+        generating: the same chain (retrieval, gate, passage fit, prompts, history) runs with a
+        generator that records the messages and answers nothing. ``messages`` is None when the
+        chain does not call the model (no passage passed the gate under the refuse policy).
+        (Used by the evaluation's gold-answer likelihood.)"""
+        recorder = _PromptRecorder(self.chat)
+        sources: list[dict[str, Any]] = []
+        refused = False
+        async for event in self._events(
+            question, knowledge_bases, history, options, params, model, system_prompt, recorder
+        ):
+            if event.kind == "sources":
+                sources, refused = event.sources, event.refused
+        return RagPrompt(recorder.messages, sources, refused)
+
+    async def _events(
+        self,
+        question: str,
+        knowledge_bases: list[str],
+        history: list[ChatMessage] | None,
+        options: RagOptions | None,
+        params: GenerationParams | None,
+        model: str | None,
+        system_prompt: str | None,
+        generator: ChatGenerator,
+    ) -> AsyncIterator[RagEvent]:
+        """``stream`` over ``generator`` (the chat service, or a recorder of the prompt)."""
         start = time.perf_counter()
         options = options or RagOptions()
         history = list(history or [])
@@ -288,7 +374,6 @@ class RagService:
         )
         history = self.fit_history(history, budget, shell_messages(prompts, question, system, []))
         stats = GenerationStats()
-        generator: ChatGenerator = self.chat  # mypy checks ChatService is one
         chat_model: Any = KbqaChatModel(
             chat=generator,
             model=model,
