@@ -1,11 +1,22 @@
 """``kbqa eval compare``: ask every question N times per system, score, append, resume.
 
-``DIR/results.jsonl`` gets one line per (question, system, repeat) as soon as it is answered;
+``DIR/results.jsonl`` gets one line per (question, system, repeat, run) as soon as it is
+answered (run ``main``: the ``--repeats`` answers at ``--temperature``; run ``sampled``: the
+optional sampled run after it, ``--sampling-repeats`` answers at ``--sampling-temperature``);
 a re-run reads it and asks only what is missing (failed answers, and ids whose question text
 changed, are asked again); reused answers are scored again with the current accepted answers
 and scoring options. The run's
 answer-changing options are kept in ``DIR/run.json``; a re-run with different ones stops
-instead of mixing two experiments in one file.
+instead of mixing two experiments in one file. Sampled answers are reused only at the same
+sampling temperature and top-p (they are stored with them).
+
+Two more instruments, each with its own resumable file:
+
+- ``DIR/likelihood.jsonl``: per (answerable question, system) the teacher-forced likelihood of
+  the accepted answer under the system's own prompt (eval/likelihood.py; in-process only);
+  recomputed when the question or its accepted answers change.
+- ``DIR/probe.jsonl``: the forgetting probe, general questions unrelated to the knowledge base
+  asked of base and lora (greedy) when a lora system runs.
 """
 
 from __future__ import annotations
@@ -20,13 +31,18 @@ from typing import Any
 
 from eval import metrics
 from eval.data import QAItem, fingerprint
-from eval.systems import RAG_SYSTEMS, Ask, Runner, slim_sources
+from eval.systems import LORA_SYSTEMS, RAG_SYSTEMS, Ask, Runner, slim_sources
 from ingest.models import SearchMode
 
 logger = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 RUN = "run.json"
+LIKELIHOOD = "likelihood.jsonl"
+PROBE = "probe.jsonl"
+MAIN, SAMPLED = "main", "sampled"  # the runs of results.jsonl
+PROBE_SYSTEMS = ("base", "lora")
+DEFAULT_PROBE = Path(__file__).with_name("forgetting_probe.jsonl")
 
 
 class CompareError(RuntimeError):
@@ -47,6 +63,19 @@ class CompareOptions:
     refusal_patterns: list[str] = field(default_factory=list)
     # what identifies the experiment (model, adapter, kb, server): recorded, checked on resume
     identity: dict[str, Any] = field(default_factory=dict)
+    # gold-answer likelihood of every answerable question under each system's prompt
+    likelihood: bool = False
+    # the sampled run after the main one (0: none)
+    sampling_temperature: float = 0.0
+    sampling_repeats: int = 0
+    probe_file: str | None = None  # recorded in run.json (the probe items are passed apart)
+
+    @property
+    def sampled(self) -> bool:
+        return self.sampling_temperature > 0 and self.sampling_repeats > 0
+
+    def run_temperature(self, run: str) -> float:
+        return self.sampling_temperature if run == SAMPLED else self.temperature
 
     def fixed(self) -> dict[str, Any]:
         """Options that change answers: a resumed run must keep them."""
@@ -71,10 +100,22 @@ class CompareRun:
     failed: int
     wall_s: float
     runner: dict[str, Any]
+    likelihood_rows: list[dict[str, Any]] = field(default_factory=list)
+    probe_rows: list[dict[str, Any]] = field(default_factory=list)
+    probe_items: list[QAItem] = field(default_factory=list)
+    # instruments that did not run, and why (likelihood with --server, probe without lora)
+    notes: dict[str, str] = field(default_factory=dict)
+    probe_asked: int = 0  # probe answers asked in this call (not in ``asked``)
+    likelihood_scored: int = 0  # likelihood rows computed in this call
 
 
-def key(row: dict[str, Any]) -> tuple[str, str, int]:
-    return (str(row["id"]), str(row["system"]), int(row["repeat"]))
+def run_of(row: dict[str, Any]) -> str:
+    """The run of a results row (rows written before sampled runs existed are ``main``)."""
+    return str(row.get("run") or MAIN)
+
+
+def key(row: dict[str, Any]) -> tuple[str, str, int, str]:
+    return (str(row["id"]), str(row["system"]), int(row["repeat"]), run_of(row))
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:
@@ -161,38 +202,47 @@ async def run_compare(
     out: Path,
     *,
     restart: bool = False,
+    probe_items: list[QAItem] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_answer: Callable[[dict[str, Any]], None] | None = None,
 ) -> CompareRun:
-    """Ask what is missing from ``out/results.jsonl``; return every row of this comparison.
+    """Ask what is missing from ``out/results.jsonl`` (and the likelihood and probe files);
+    return every row of this comparison.
 
+    ``probe_items``: the forgetting probe, asked of base and lora when a lora system runs.
     ``on_start(total, done)`` is called once the systems are known, ``on_answer(row)`` after
-    each answer (progress).
+    each answer or score (progress).
     """
     check_run(out, options, restart)
+    if restart:
+        for name in (LIKELIHOOD, PROBE):
+            (out / name).unlink(missing_ok=True)
     results_path = out / RESULTS
-    drop_torn_tail(results_path)
-    previous = load_results(results_path)
-    done = {key(r): r for r in previous if not r.get("error")}
+    for name in (RESULTS, LIKELIHOOD, PROBE):
+        drop_torn_tail(out / name)
+    done = {key(r): r for r in load_results(results_path) if _reusable(r, options)}
     started = time.perf_counter()
+    notes: dict[str, str] = {}
     try:
         skipped = await runner.start(options.systems)
         meta = runner.describe()
         for system, reason in skipped.items():
             logger.warning("event=system_skipped system=%s reason=%r", system, reason)
         systems = [s for s in options.systems if s not in skipped]
+        runs = [(MAIN, options.repeats)] + ([(SAMPLED, options.sampling_repeats)] * options.sampled)
         wanted = [
-            (item, system, repeat)
+            (item, system, repeat, run)
+            for run, repeats in runs
             for item in items
             for system in systems
-            for repeat in range(options.repeats)
+            for repeat in range(repeats)
         ]
-        for item, system, repeat in wanted:
-            old = done.get((item.id, system, repeat))
+        for item, system, repeat, run in wanted:
+            old = done.get((item.id, system, repeat, run))
             if old is None:
                 continue
             if old.get("question") != item.question:  # the id now means another question
-                del done[(item.id, system, repeat)]
+                del done[(item.id, system, repeat, run)]
                 continue
             # scored again with today's accepted answers and scoring options
             old.update(item.to_dict())
@@ -207,43 +257,85 @@ async def run_compare(
                     options,
                 )
             )
-        reused = sum(1 for i, s, r in wanted if (i.id, s, r) in done)
+        reused = sum(1 for i, s, r, n in wanted if (i.id, s, r, n) in done)
+
+        # the forgetting probe: base and lora on general questions, greedy
+        probe_wanted: list[tuple[QAItem, str]] = []
+        probe_done: dict[tuple[str, str], dict[str, Any]] = {}
+        if probe_items:
+            missing = _probe_missing(systems, skipped)
+            if missing:
+                notes["probe"] = missing
+            else:
+                probe_wanted = [(i, s) for i in probe_items for s in PROBE_SYSTEMS]
+                probe_done = _reuse_probe(out / PROBE, probe_items, options)
+        # the likelihood of the accepted answers under each system's prompt
+        lik_wanted: list[tuple[QAItem, str]] = []
+        lik_done: dict[tuple[str, str], dict[str, Any]] = {}
+        if options.likelihood:
+            lik_wanted = [(i, s) for i in items if i.answerable for s in systems]
+            lik_done = _reuse_likelihood(out / LIKELIHOOD, items)
+            if any((i.id, s) not in lik_done for i, s in lik_wanted):
+                unavailable = await runner.prepare_likelihood()
+                if unavailable:
+                    notes["likelihood"] = unavailable
+                    logger.warning("event=likelihood_skipped reason=%r", unavailable)
+                    lik_wanted = [(i, s) for i, s in lik_wanted if (i.id, s) in lik_done]
+        total = len(wanted) + len(probe_wanted) + len(lik_wanted)
+        reused_all = (
+            reused
+            + sum(1 for i, s in probe_wanted if (i.id, s) in probe_done)
+            + sum(1 for i, s in lik_wanted if (i.id, s) in lik_done)
+        )
         if on_start:
-            on_start(len(wanted), reused)
-        asked = failed = 0
-        with results_path.open("a", encoding="utf-8") as handle:
-            for item, system, repeat in wanted:
-                if (item.id, system, repeat) in done:
-                    continue
-                seed = options.seed + repeat if options.temperature > 0 else None
-                how = Ask(
-                    max_tokens=options.max_tokens,
-                    temperature=options.temperature,
-                    top_p=options.top_p,
-                    seed=seed,
-                    top_k=options.top_k,
-                    search_mode=options.search_mode,
+            on_start(total, reused_all)
+
+        counts = {"asked": 0, "failed": 0, "probe": 0, "likelihood": 0}
+
+        async def answer(
+            item: QAItem, system: str, temperature: float, seed: int | None, count: str
+        ) -> Any:
+            how = Ask(
+                max_tokens=options.max_tokens,
+                temperature=temperature,
+                top_p=options.top_p,
+                seed=seed,
+                top_k=options.top_k,
+                search_mode=options.search_mode,
+            )
+            try:
+                output = await runner.ask(system, item.question, how)
+            except Exception as exc:
+                counts["failed"] += 1
+                logger.warning(
+                    "event=answer_failed id=%s system=%s error=%r",
+                    item.id,
+                    system,
+                    str(exc)[:300],
                 )
+                return f"{type(exc).__name__}: {exc}"[:500]
+            counts[count] += 1
+            return output
+
+        with results_path.open("a", encoding="utf-8") as handle:
+            for item, system, repeat, run in wanted:
+                if (item.id, system, repeat, run) in done:
+                    continue
+                temperature = options.run_temperature(run)
+                seed = options.seed + repeat if temperature > 0 else None
                 row: dict[str, Any] = {
                     **item.to_dict(),
                     "system": system,
                     "repeat": repeat,
+                    "run": run,
                     "seed": seed,
                 }
-                try:
-                    output = await runner.ask(system, item.question, how)
-                except Exception as exc:
-                    failed += 1
-                    logger.warning(
-                        "event=answer_failed id=%s system=%s repeat=%d error=%r",
-                        item.id,
-                        system,
-                        repeat,
-                        str(exc)[:300],
-                    )
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                if run == SAMPLED:
+                    row.update(temperature=temperature, top_p=options.top_p)
+                output = await answer(item, system, temperature, seed, "asked")
+                if isinstance(output, str):
+                    row["error"] = output
                 else:
-                    asked += 1
                     row.update(
                         answer=output.answer,
                         refused_flag=output.refused,
@@ -264,23 +356,132 @@ async def run_compare(
                             options,
                         )
                     )
-                    done[(item.id, system, repeat)] = row
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                handle.flush()
-                if on_answer:
-                    on_answer(row)
+                    done[(item.id, system, repeat, run)] = row
+                _append(handle, row, on_answer)
+
+        with (out / PROBE).open("a", encoding="utf-8") as handle:
+            for item, system in probe_wanted:
+                if (item.id, system) in probe_done:
+                    continue
+                row = {**item.to_dict(), "system": system}
+                output = await answer(item, system, 0.0, None, "probe")
+                if isinstance(output, str):
+                    row["error"] = output
+                else:
+                    row.update(answer=output.answer, timings=output.timings)
+                    row.update(score_row(item, system, 0, output.answer, None, [], options))
+                    probe_done[(item.id, system)] = row
+                _append(handle, row, on_answer)
+
+        with (out / LIKELIHOOD).open("a", encoding="utf-8") as handle:
+            how = Ask(
+                max_tokens=options.max_tokens, top_k=options.top_k, search_mode=options.search_mode
+            )
+            for item, system in lik_wanted:
+                if (item.id, system) in lik_done:
+                    continue
+                row = {**item.to_dict(), "system": system}
+                try:
+                    row.update(await runner.likelihood(system, item.question, item.answers, how))
+                except Exception as exc:
+                    counts["failed"] += 1
+                    logger.warning(
+                        "event=likelihood_failed id=%s system=%s error=%r",
+                        item.id,
+                        system,
+                        str(exc)[:300],
+                    )
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                else:
+                    counts["likelihood"] += 1
+                    lik_done[(item.id, system)] = row
+                _append(handle, row, on_answer)
     finally:
         await runner.close()
-    rows = [done[(i.id, s, r)] for i, s, r in wanted if (i.id, s, r) in done]
+    rows = [done[(i.id, s, r, n)] for i, s, r, n in wanted if (i.id, s, r, n) in done]
     wall = time.perf_counter() - started
     logger.info(
         "event=compare_done questions=%d systems=%s asked=%d reused=%d failed=%d wall_s=%.1f",
         len(items),
         ",".join(systems),
-        asked,
+        counts["asked"],
         reused,
-        failed,
+        counts["failed"],
         wall,
     )
     meta["qa_fingerprint"] = fingerprint(items)
-    return CompareRun(out, rows, skipped, asked, reused, failed, wall, meta)
+    return CompareRun(
+        out,
+        rows,
+        skipped,
+        counts["asked"],
+        reused,
+        counts["failed"],
+        wall,
+        meta,
+        likelihood_rows=[lik_done[(i.id, s)] for i, s in lik_wanted if (i.id, s) in lik_done],
+        probe_rows=[probe_done[(i.id, s)] for i, s in probe_wanted if (i.id, s) in probe_done],
+        probe_items=list(probe_items or []) if probe_wanted else [],
+        notes=notes,
+        probe_asked=counts["probe"],
+        likelihood_scored=counts["likelihood"],
+    )
+
+
+def _reusable(row: dict[str, Any], options: CompareOptions) -> bool:
+    """An answer of this experiment: not failed; a sampled one at today's sampling options."""
+    if row.get("error"):
+        return False
+    if run_of(row) == SAMPLED:
+        return bool(
+            row.get("temperature") == options.sampling_temperature
+            and row.get("top_p") == options.top_p
+        )
+    return True
+
+
+def _probe_missing(systems: list[str], skipped: dict[str, str]) -> str | None:
+    """Why the forgetting probe cannot run (it needs the adapter and the base model)."""
+    if not any(s in LORA_SYSTEMS for s in systems):
+        return "no lora system runs (the probe compares base and lora answers)"
+    if "base" in skipped:
+        return f"base: {skipped['base']}"
+    return None
+
+
+def _reuse_probe(
+    path: Path, probe_items: list[QAItem], options: CompareOptions
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Probe answers already in ``path`` for today's questions, scored again."""
+    by_id = {i.id: i for i in probe_items}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in load_results(path):
+        item = by_id.get(str(row.get("id")))
+        if row.get("error") or item is None or row.get("question") != item.question:
+            continue
+        row.update(item.to_dict())
+        row.update(score_row(item, row["system"], 0, row["answer"], None, [], options))
+        found[(item.id, str(row["system"]))] = row
+    return found
+
+
+def _reuse_likelihood(path: Path, items: list[QAItem]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Likelihood rows already in ``path`` for today's questions and accepted answers."""
+    by_id = {i.id: i for i in items}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in load_results(path):
+        item = by_id.get(str(row.get("id")))
+        if row.get("error") or item is None:
+            continue
+        if row.get("question") == item.question and row.get("answers") == item.answers:
+            found[(item.id, str(row["system"]))] = row
+    return found
+
+
+def _append(
+    handle: Any, row: dict[str, Any], on_answer: Callable[[dict[str, Any]], None] | None
+) -> None:
+    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    handle.flush()
+    if on_answer:
+        on_answer(row)

@@ -14,6 +14,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 METRICS_PNG = "metrics.png"
 STABILITY_PNG = "stability.png"
+INSTRUMENTS_PNG = "instruments.png"
 
 LABELS = {
     "em": "EM",
@@ -39,6 +40,107 @@ def _num(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _raw_ci(ci: dict[str, float] | None, digits: int = 3) -> str:
+    """An interval of a value that is not a share (NLL, perplexity), unscaled."""
+    if not ci:
+        return "–"
+    return f"{ci['mean']:.{digits}f} [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]"
+
+
+def _nll(s: dict[str, Any]) -> dict[str, float] | None:
+    return (s.get("likelihood") or {}).get("nll")
+
+
+def likelihood_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Gold-answer likelihood per system (lower NLL: the answer is more likely)."""
+    header = ["system", "mean NLL (nats/token)", "perplexity", "scored", "refused", "tokens"]
+    rows = []
+    for name, s in summary["systems"].items():
+        lik = s.get("likelihood")
+        if lik:
+            rows.append(
+                [
+                    name,
+                    _raw_ci(lik["nll"]),
+                    _raw_ci(lik["perplexity"], 2),
+                    str(lik["scored"]),
+                    str(lik["refused"]),
+                    _num(lik.get("answer_tokens_mean"), 1),
+                ]
+            )
+    return header, rows
+
+
+def sampling_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The main run's stability next to the sampled run's, per system (in %)."""
+    header = [
+        "system",
+        "main: identical",
+        "main: mixed right/wrong",
+        "sampled: identical",
+        "sampled: pairwise sim.",
+        "sampled: mixed right/wrong",
+        "sampled: contains",
+    ]
+    rows = []
+    for name, s in summary["systems"].items():
+        sampled = s.get("sampled")
+        if not sampled:
+            continue
+        main = s.get("stability") or {}
+        rows.append(
+            [
+                name,
+                _ci_text(main.get("identical_ci")),
+                _ci_text(main.get("mixed_correctness_ci")),
+                _ci_text(sampled.get("identical_ci")),
+                _ci_text(sampled.get("pairwise_similarity_ci")),
+                _ci_text(sampled.get("mixed_correctness_ci")),
+                _ci_text(sampled.get("contains")),
+            ]
+        )
+    return header, rows
+
+
+def sampling_caption(summary: dict[str, Any]) -> str:
+    sampled = [s["sampled"] for s in summary["systems"].values() if s.get("sampled")]
+    if not sampled:
+        return ""
+    first = sampled[0]
+    temperature = summary.get("meta", {}).get("temperature")
+    main = "greedy" if not temperature else f"temperature {temperature}"
+    return (
+        f"Main run: {main}. Sampled run: temperature {first.get('temperature')}, top-p "
+        f"{first.get('top_p')}, {first.get('repeats')} answers per question (seed + repeat). "
+        "Shares of questions in %."
+    )
+
+
+def forgetting_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The forgetting probe: how much the adapter changed general answers (in %)."""
+    header = [
+        "questions",
+        "changed by the adapter",
+        "base/lora similarity",
+        "base contains",
+        "lora contains",
+        "lora - base",
+    ]
+    f = summary.get("forgetting")
+    if not f:
+        return header, []
+    return header, [
+        [
+            str(f["questions"]),
+            _ci_text(f["changed"]),
+            _ci_text(f["similarity"]),
+            _ci_text(f["contains"]["base"]),
+            _ci_text(f["contains"]["lora"]),
+            _ci_text(f["contains_difference"]),
+        ]
+    ]
+
+
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The main table: one row per system (values in %, intervals in brackets)."""
     header = [
@@ -55,6 +157,8 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "p50 ms",
         "p95 ms",
         "tok/s",
+        "gold NLL",
+        "sampled: mixed",
     ]
     rows = []
     for name, s in summary["systems"].items():
@@ -75,6 +179,8 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _num(s["latency_ms"]["p50"]),
                 _num(s["latency_ms"]["p95"]),
                 _num(s.get("tokens_per_s"), 1),
+                _raw_ci(_nll(s)),
+                _ci_text((s.get("sampled") or {}).get("mixed_correctness_ci")),
             ]
         )
     return header, rows
@@ -108,8 +214,39 @@ def headline(summary: dict[str, Any]) -> list[str]:
                 f"{st['repeats']} repeats; sometimes right, sometimes wrong on "
                 f"{_pct(st.get('mixed_correctness'))}%."
             )
+    nll: dict[str, dict[str, float]] = {}
+    for name, s in systems.items():
+        value = _nll(s)
+        if value:
+            nll[name] = value
+    if nll:
+        best = min(nll, key=lambda n: nll[n]["mean"])
+        others = ", ".join(f"{n} {v['mean']:.3f}" for n, v in nll.items() if n != best)
+        lines.append(
+            f"Most likely gold answers: **{best}** (mean NLL {_raw_ci(nll[best])} nats/token"
+            + (f"; {others}" if others else "")
+            + ")."
+        )
+    for name, s in systems.items():
+        sampled = s.get("sampled")
+        if sampled:
+            lines.append(
+                f"{name} sampled at temperature {sampled.get('temperature')} "
+                f"({sampled.get('repeats')} answers): sometimes right, sometimes wrong on "
+                f"{_pct(sampled.get('mixed_correctness'))}% of questions, identical on "
+                f"{_pct(sampled.get('identical'))}%."
+            )
+    f = summary.get("forgetting")
+    if f:
+        lines.append(
+            f"Forgetting probe ({f['questions']} general questions): the adapter changed "
+            f"{f['changed_questions']} answers ({_ci_text(f['changed'])}%); probe accuracy "
+            f"base {_ci_text(f['contains']['base'])}%, lora {_ci_text(f['contains']['lora'])}%."
+        )
     for system, reason in summary.get("skipped", {}).items():
         lines.append(f"Skipped {system}: {reason}.")
+    for instrument, reason in summary.get("notes", {}).items():
+        lines.append(f"No {instrument} measurement: {reason}.")
     return lines
 
 
@@ -197,6 +334,85 @@ def stability_chart(summary: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def _bar(ax: Any, x: Any, ci: dict[str, float] | None, scale: float, **kwargs: Any) -> None:
+    """One bar with its interval as the error bar."""
+    if not ci:
+        return
+    mean = scale * ci["mean"]
+    err = [[scale * (ci["mean"] - ci["low"])], [scale * (ci["high"] - ci["mean"])]]
+    bars = ax.bar(x, [mean], yerr=err, capsize=3, **kwargs)
+    ax.bar_label(bars, fmt="%.2f" if scale == 1 else "%.0f", fontsize=7, padding=2)
+
+
+def instruments_chart(summary: dict[str, Any], path: Path) -> Path | None:
+    """Gold-answer NLL per system, greedy vs sampled stability, the forgetting probe: the
+    panels that have data, each bar with its bootstrap interval."""
+    systems = summary["systems"]
+    nll = [n for n, s in systems.items() if _nll(s)]
+    sampled = [n for n, s in systems.items() if s.get("sampled")]
+    forget = summary.get("forgetting")
+    panels = [p for p, has in (("nll", nll), ("sampled", sampled), ("forget", forget)) if has]
+    if not panels:
+        return None
+    plt = _plt()
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    level = int(100 * summary["bootstrap"]["level"])
+    for ax, panel in zip(axes[0], panels, strict=True):
+        if panel == "nll":
+            for index, name in enumerate(nll):
+                _bar(ax, index, _nll(systems[name]), 1, color=COLORS.get(name))
+            ax.set_xticks(range(len(nll)), nll)
+            ax.set_ylabel("mean NLL, nats/token (lower: likelier)")
+            ax.set_title("Gold-answer likelihood")
+        elif panel == "sampled":
+            x = np.arange(len(sampled))
+            width = 0.38
+            series = (
+                ("main: identical", "stability", "identical_ci"),
+                ("sampled: mixed right/wrong", "sampled", "mixed_correctness_ci"),
+            )
+            for shift, (label, part, key) in zip((-width / 2, width / 2), series, strict=True):
+                for index, name in enumerate(sampled):
+                    _bar(
+                        ax,
+                        x[index] + shift,
+                        (systems[name].get(part) or {}).get(key),
+                        100,
+                        width=width,
+                        color="#8da0cb" if shift < 0 else "#fc8d62",
+                        label=label if index == 0 else None,
+                    )
+            ax.set_xticks(x, sampled)
+            ax.set_ylim(0, 125)
+            ax.set_yticks(range(0, 101, 20))
+            ax.set_ylabel("% of questions")
+            ax.set_title("Greedy vs sampled")
+            ax.legend(fontsize=7, loc="upper center", ncols=1, frameon=False)
+        else:
+            assert forget is not None
+            parts = [
+                ("changed", forget["changed"], "#d62728"),
+                ("similarity", forget["similarity"], "#9467bd"),
+                ("base contains", forget["contains"]["base"], COLORS["base"]),
+                ("lora contains", forget["contains"]["lora"], COLORS["lora"]),
+            ]
+            for index, (_, ci, color) in enumerate(parts):
+                _bar(ax, index, ci, 100, color=color)
+            ax.set_xticks(range(len(parts)), [p[0] for p in parts], fontsize=8)
+            ax.set_ylim(0, 118)
+            ax.set_yticks(range(0, 101, 20))
+            ax.set_ylabel("%")
+            ax.set_title(f"Forgetting probe ({forget['questions']} questions)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Instruments ({level}% bootstrap CI over questions)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- documents
 
 
@@ -222,6 +438,63 @@ def _run_lines(summary: dict[str, Any]) -> list[str]:
     return [f"- {k}: `{v}`" for k, v in meta.items() if v not in (None, "", {}, [])]
 
 
+def paired_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["a", "b", "questions", "a better", "b better", "ties", "mean diff (points)"]
+    header.append("NLL diff (a - b)")
+    rows = [
+        [
+            p["a"],
+            p["b"],
+            str(p["questions"]),
+            str(p["a_wins"]),
+            str(p["b_wins"]),
+            str(p["ties"]),
+            _ci_text(p["mean_difference"]),
+            _raw_ci(p.get("nll_difference")),
+        ]
+        for p in summary["paired"]
+    ]
+    return header, rows
+
+
+def _instrument_tables(
+    summary: dict[str, Any],
+) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
+    """(title, caption, table) of each instrument that has data."""
+    out = []
+    level = int(100 * summary["bootstrap"]["level"])
+    head, rows = likelihood_rows(summary)
+    if rows:
+        out.append(
+            (
+                "Gold-answer likelihood",
+                "Teacher-forced mean negative log-likelihood per token of the accepted answer "
+                "after each system's own prompt (lower: the system finds the answer more "
+                f"likely), {level}% bootstrap interval; perplexity = exp(NLL). 'refused': "
+                "questions the rag gate refused (no prompt sent, left out).",
+                (head, rows),
+            )
+        )
+    head, rows = sampling_rows(summary)
+    if rows:
+        out.append(("Stability: main run vs sampled run", sampling_caption(summary), (head, rows)))
+    head, rows = forgetting_rows(summary)
+    if rows:
+        f = summary["forgetting"]
+        caption = (
+            "General questions unrelated to the knowledge base, asked of base and lora "
+            "(greedy); in %. Changed: the lora answer is not identical to the base answer."
+        )
+        if f.get("examples"):
+            caption += " Changed, e.g.: " + "; ".join(
+                f"{_cell(e['question'], 40)} base: {_cell(e['base'], 40)} / "
+                f"lora: {_cell(e['lora'], 40)}"
+                for e in f["examples"][:3]
+            )
+        out.append(("Forgetting probe", caption, (head, rows)))
+    return out
+
+
 def markdown(summary: dict[str, Any], charts: dict[str, Path]) -> str:
     header, rows = table_rows(summary)
     parts = [
@@ -243,25 +516,11 @@ def markdown(summary: dict[str, Any], charts: dict[str, Path]) -> str:
     ]
     for name, path in charts.items():
         parts += [f"![{name}]({path.name})", ""]
+    for title, caption, (head, body) in _instrument_tables(summary):
+        parts += [f"## {title}", "", caption, "", _md_table(head, body), ""]
     if summary.get("paired"):
         parts += ["## Paired comparisons (token F1 per question)", ""]
-        parts.append(
-            _md_table(
-                ["a", "b", "questions", "a better", "b better", "ties", "mean diff (points)"],
-                [
-                    [
-                        p["a"],
-                        p["b"],
-                        str(p["questions"]),
-                        str(p["a_wins"]),
-                        str(p["b_wins"]),
-                        str(p["ties"]),
-                        _ci_text(p["mean_difference"]),
-                    ]
-                    for p in summary["paired"]
-                ],
-            )
-        )
+        parts.append(_md_table(*paired_rows(summary)))
         parts.append("")
     if summary.get("disagreements"):
         systems = list(summary["systems"])
@@ -357,25 +616,12 @@ def html_report(summary: dict[str, Any], charts: dict[str, Path]) -> str:
         + "".join(f"<img alt='{esc(n)}' src='{_png_data(p)}'>" for n, p in charts.items())
         + "</div>",
     ]
+    for title, caption, (head, body) in _instrument_tables(summary):
+        parts.append(f"<h2>{esc(title)}</h2><p class='meta'>{esc(caption)}</p>")
+        parts.append(_html_table(head, body))
     if summary.get("paired"):
         parts.append("<h2>Paired comparisons (token F1 per question)</h2>")
-        parts.append(
-            _html_table(
-                ["a", "b", "questions", "a better", "b better", "ties", "mean diff (points)"],
-                [
-                    [
-                        p["a"],
-                        p["b"],
-                        str(p["questions"]),
-                        str(p["a_wins"]),
-                        str(p["b_wins"]),
-                        str(p["ties"]),
-                        _ci_text(p["mean_difference"]),
-                    ]
-                    for p in summary["paired"]
-                ],
-            )
-        )
+        parts.append(_html_table(*paired_rows(summary)))
     if summary.get("disagreements"):
         systems = list(summary["systems"])
         parts.append(
@@ -427,6 +673,7 @@ def write_reports(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     for name, build, file in (
         ("metrics", metrics_chart, METRICS_PNG),
         ("stability", stability_chart, STABILITY_PNG),
+        ("instruments", instruments_chart, INSTRUMENTS_PNG),
     ):
         made = build(summary, out / file)
         if made is not None:
@@ -453,7 +700,7 @@ def rich_table(summary: dict[str, Any]) -> Any:
     quality = Table(title="Answer quality (%, mean; 95% CIs in report.html)")
     behaviour = Table(title="Refusals and stability (%), latency, throughput")
     for table, names in (
-        (quality, ["system", "EM", "F1", "ROUGE-L", "BLEU-4", "contains", "hit@1", "MRR"]),
+        (quality, ["system", "EM", "F1", "ROUGE-L", "BLEU-4", "contains", "hit@1", "MRR", "NLL"]),
         (
             behaviour,
             ["system", "refusal", "wrong ref.", "identical", "mixed", "p50 s", "p95 s", "tok/s"],
@@ -470,6 +717,7 @@ def rich_table(summary: dict[str, Any]) -> Any:
             *[mean(s.get(m)) for m in LABELS],
             mean(retrieval.get("hit@1")),
             mean(retrieval.get("mrr")),
+            _num((_nll(s) or {}).get("mean"), 3),
         )
         behaviour.add_row(
             name,

@@ -1,5 +1,7 @@
 """From the rows of ``results.jsonl`` to ``summary.json``: per-system metrics with bootstrap
-intervals, retrieval, refusals, stability, latency, paired comparisons, disagreements.
+intervals, retrieval, refusals, stability, latency, paired comparisons, disagreements; and the
+three instruments: gold-answer likelihood (``likelihood.jsonl``), the sampled run next to the
+main one (``run: sampled`` rows), the forgetting probe (``probe.jsonl``).
 
 Every answer metric is first averaged over a question's repeats, then over questions; the
 bootstrap resamples questions (the unit that varies between test sets).
@@ -8,6 +10,7 @@ bootstrap resamples questions (the unit that varies between test sets).
 from __future__ import annotations
 
 import itertools
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from statistics import mean
 from typing import Any
 
 from eval import metrics
+from eval.compare import MAIN, SAMPLED, run_of
 from eval.data import QAItem
 
 MAIN_METRICS = ("em", "f1", "rouge_l", "bleu4", "contains")
@@ -48,6 +52,22 @@ METRIC_DOCS: dict[str, str] = {
     "and others do not ('sometimes right, sometimes wrong').",
     "latency": "Wall time per answer (ms) as the system reports it (total_ms), p50 and p95.",
     "tokens_per_s": "Completion tokens / generation seconds over all answers.",
+    "nll": "Gold-answer likelihood: teacher-forced mean negative log-likelihood per token "
+    "(nats) of the accepted answer after the exact prompt the system sends (base: the "
+    "question; rag: the question with its retrieved passages; lora / rag+lora: the same with "
+    "the adapter), rendered with the chat template with the assistant turn opened; the answer "
+    "tokenized alone, no end-of-turn token; the lowest over the accepted answers. Lower: the "
+    "model finds the answer more likely. Questions the rag gate refuses send no prompt and "
+    "are left out (counted as `refused`). In-process runs only.",
+    "perplexity": "exp(mean NLL) of the system (the interval is exp of the NLL interval).",
+    "sampled": "The sampled run next to the main one: every question asked again "
+    "`sampling_repeats` times at `sampling_temperature` (seed = eval.seed + repeat); "
+    "identical / pairwise similarity / mixed right-wrong as for the main run, over the "
+    "sampled answers.",
+    "forgetting": "Forgetting probe: general questions unrelated to the knowledge base, asked "
+    "of base and lora (greedy). changed: share of questions whose lora answer is not identical "
+    "to the base answer; similarity: mean token F1 between the two answers (language of the "
+    "question and answers); contains: probe accuracy of each.",
 }
 
 
@@ -120,25 +140,9 @@ def system_summary(
     out["refusal_rate"] = refusal_share(unanswerable)
     out["wrong_refusal_rate"] = refusal_share(answerable)
     # stability over repeats
-    repeated = {q: a for q, a in questions.items() if len(a) >= 2}
-    if repeated:
-        identical, similar, mixed = [], [], []
-        for q, answers in repeated.items():
-            texts = [r["scored_answer"] for r in answers]
-            lang = answers[0]["lang"]
-            identical.append(float(len({t.strip() for t in texts}) == 1))
-            pairs = list(itertools.combinations(texts, 2))
-            similar.append(mean(metrics.similarity(a, b, lang) for a, b in pairs))
-            if items[q].answerable:
-                hits = {r["scores"].get("contains") for r in answers}
-                mixed.append(float(len(hits) > 1))
-        out["stability"] = {
-            "questions": len(repeated),
-            "repeats": max(len(a) for a in repeated.values()),
-            "identical": _round(mean(identical)),
-            "pairwise_similarity": _round(mean(similar)),
-            "mixed_correctness": _round(mean(mixed)) if mixed else None,
-        }
+    stable = stability(questions, items, opts)
+    if stable:
+        out["stability"] = stable
     # latency and throughput
     rows = [r for answers in questions.values() for r in answers]
     totals = [float(r["timings"]["total_ms"]) for r in rows if "total_ms" in r.get("timings", {})]
@@ -159,6 +163,114 @@ def system_summary(
     return out
 
 
+def stability(
+    questions: dict[str, list[dict]], items: dict[str, QAItem], opts: SummaryOptions
+) -> dict[str, Any] | None:
+    """Identical answers, mean pairwise similarity and "sometimes right, sometimes wrong"
+    (some repeats contain the answer, others do not) over the questions asked at least twice;
+    each share also with its bootstrap interval (``*_ci``)."""
+    repeated = {q: a for q, a in questions.items() if len(a) >= 2}
+    if not repeated:
+        return None
+    identical, similar, mixed = [], [], []
+    for q, answers in repeated.items():
+        texts = [r["scored_answer"] for r in answers]
+        lang = answers[0]["lang"]
+        identical.append(float(len({t.strip() for t in texts}) == 1))
+        pairs = list(itertools.combinations(texts, 2))
+        similar.append(mean(metrics.similarity(a, b, lang) for a, b in pairs))
+        if items[q].answerable:
+            mixed.append(mixed_correctness(answers))
+    return {
+        "questions": len(repeated),
+        "repeats": max(len(a) for a in repeated.values()),
+        "identical": _round(mean(identical)),
+        "pairwise_similarity": _round(mean(similar)),
+        "mixed_correctness": _round(mean(mixed)) if mixed else None,
+        "mixed_questions": int(sum(mixed)),
+        "identical_ci": _ci(identical, opts),
+        "pairwise_similarity_ci": _ci(similar, opts),
+        "mixed_correctness_ci": _ci(mixed, opts),
+    }
+
+
+def mixed_correctness(answers: list[dict]) -> float:
+    """1.0 when some of a question's answers contain the accepted answer and others do not."""
+    hits = {bool(r["scores"].get("contains")) for r in answers}
+    return float(len(hits) > 1)
+
+
+def likelihood_summary(rows: list[dict[str, Any]], opts: SummaryOptions) -> dict[str, Any]:
+    """Mean gold-answer NLL of one system over its questions, with the bootstrap interval;
+    perplexity = exp of it (and of the interval's ends)."""
+    values = [float(r["nll"]) for r in rows if r.get("nll") is not None]
+    nll = _ci(values, opts)
+    perplexity = {k: round(math.exp(v), 4) for k, v in nll.items()} if nll else None
+    tokens = [int(r["answer_tokens"]) for r in rows if r.get("nll") is not None]
+    return {
+        "questions": len(rows),
+        "scored": len(values),
+        "refused": sum(1 for r in rows if r.get("nll") is None),
+        "nll": nll,
+        "perplexity": perplexity,
+        "answer_tokens_mean": _round(mean(tokens), 2) if tokens else None,
+    }
+
+
+def sampled_summary(
+    questions: dict[str, list[dict]], items: dict[str, QAItem], opts: SummaryOptions
+) -> dict[str, Any]:
+    """The sampled run of one system: its stability and answer quality."""
+    rows = [r for answers in questions.values() for r in answers]
+    out: dict[str, Any] = {
+        "temperature": rows[0].get("temperature") if rows else None,
+        "top_p": rows[0].get("top_p") if rows else None,
+        **(stability(questions, items, opts) or {}),
+    }
+    answerable = [q for q in questions if items[q].answerable]
+    for name in ("f1", "contains"):
+        values = [_per_question(questions[q], name) for q in answerable]
+        out[name] = _ci([v for v in values if v is not None], opts)
+    return out
+
+
+def forgetting(
+    rows: list[dict[str, Any]], opts: SummaryOptions, examples: int = 5
+) -> dict[str, Any] | None:
+    """How much the adapter changed answers that should not change: base vs lora on the
+    probe's general questions (one greedy answer each)."""
+    pairs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        if not row.get("error"):
+            pairs[str(row["id"])][str(row["system"])] = row
+    both = {q: p for q, p in pairs.items() if "base" in p and "lora" in p}
+    if not both:
+        return None
+    changed, similar, base_hit, lora_hit = [], [], [], []
+    shown: list[dict[str, Any]] = []
+    for qid, pair in both.items():
+        base, lora = pair["base"]["scored_answer"], pair["lora"]["scored_answer"]
+        lang = metrics.language(base, lora, pair["base"]["question"], *pair["base"]["answers"])
+        differs = base.strip() != lora.strip()
+        changed.append(float(differs))
+        similar.append(metrics.similarity(base, lora, lang))
+        base_hit.append(float(pair["base"]["scores"].get("contains", 0.0)))
+        lora_hit.append(float(pair["lora"]["scores"].get("contains", 0.0)))
+        if differs and len(shown) < examples:
+            shown.append(
+                {"id": qid, "question": pair["base"]["question"], "base": base, "lora": lora}
+            )
+    return {
+        "questions": len(both),
+        "changed": _ci(changed, opts),
+        "changed_questions": int(sum(changed)),
+        "similarity": _ci(similar, opts),
+        "contains": {"base": _ci(base_hit, opts), "lora": _ci(lora_hit, opts)},
+        "contains_difference": _ci([b - a for a, b in zip(base_hit, lora_hit, strict=True)], opts),
+        "examples": shown,
+    }
+
+
 def paired(
     a: str, b: str, systems: dict[str, dict[str, Any]], opts: SummaryOptions
 ) -> dict[str, Any] | None:
@@ -170,6 +282,7 @@ def paired(
         return None
     diffs = [fa[q] - fb[q] for q in common]
     ca, cb = systems[a]["_per_question"]["contains"], systems[b]["_per_question"]["contains"]
+    na, nb = systems[a]["_per_question"]["nll"], systems[b]["_per_question"]["nll"]
     return {
         "a": a,
         "b": b,
@@ -180,6 +293,7 @@ def paired(
         "ties": sum(abs(d) <= opts.tie_margin for d in diffs),
         "mean_difference": _ci(diffs, opts),
         "contains_difference": _ci([ca[q] - cb[q] for q in common if q in ca and q in cb], opts),
+        "nll_difference": _ci([na[q] - nb[q] for q in sorted(set(na) & set(nb))], opts),
     }
 
 
@@ -232,11 +346,33 @@ def summarize(
     *,
     skipped: dict[str, str] | None = None,
     meta: dict[str, Any] | None = None,
+    likelihood_rows: list[dict[str, Any]] | None = None,
+    probe_rows: list[dict[str, Any]] | None = None,
+    notes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """``rows``: results.jsonl (main and sampled runs); ``likelihood_rows``: likelihood.jsonl;
+    ``probe_rows``: probe.jsonl; ``notes``: instruments that did not run, and why."""
     by_id = {i.id: i for i in items}
-    grouped = _by_system_question([r for r in rows if r["id"] in by_id])
+    mine = [r for r in rows if r["id"] in by_id and not r.get("error")]
+    grouped = _by_system_question([r for r in mine if run_of(r) == MAIN])
+    sampled = _by_system_question([r for r in mine if run_of(r) == SAMPLED])
+    nll_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in likelihood_rows or []:
+        item = by_id.get(str(row.get("id")))
+        if item is not None and item.answerable and not row.get("error"):
+            nll_rows[str(row["system"])].append(row)
     present = [s for s in systems if s in grouped]
     per_system = {s: system_summary(grouped[s], by_id, opts) for s in present}
+    for name, summary in per_system.items():
+        summary["_per_question"]["nll"] = {
+            str(r["id"]): float(r["nll"])
+            for r in nll_rows.get(name, [])
+            if r.get("nll") is not None
+        }
+        if nll_rows.get(name):
+            summary["likelihood"] = likelihood_summary(nll_rows[name], opts)
+        if name in sampled:
+            summary["sampled"] = sampled_summary(sampled[name], by_id, opts)
     pairs = [
         p
         for a, b in PAIRS
@@ -254,5 +390,7 @@ def summarize(
         "paired": pairs,
         "disagreements": disagreements(grouped, present, by_id, opts.disagreements),
         "bootstrap": {"samples": opts.samples, "level": opts.level, "seed": opts.seed},
+        "forgetting": forgetting(probe_rows or [], opts),
+        "notes": notes or {},
         "metrics": METRIC_DOCS,
     }

@@ -7,6 +7,7 @@ the LoRA adapter, no retrieval; ``rag+lora``: retrieval with the adapter answeri
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -100,6 +101,18 @@ class Runner(abc.ABC):
     def describe(self) -> dict[str, Any]:
         return {"where": self.where}
 
+    async def prepare_likelihood(self) -> str | None:
+        """Get ready to score gold answers; a reason when this runner cannot."""
+        return "gold-answer likelihood needs the model's weights in this process"
+
+    async def likelihood(
+        self, system: str, question: str, answers: list[str], how: Ask
+    ) -> dict[str, Any]:
+        """Teacher-forced likelihood of the best accepted answer under the system's prompt
+        (eval/likelihood.py): ``nll``, ``perplexity``, ``gold``, token counts; ``nll`` None
+        with a ``reason`` when the system sends the model no prompt."""
+        raise NotImplementedError
+
 
 class InProcessRunner(Runner):
     """The services built from the settings in this process (the default)."""
@@ -117,6 +130,7 @@ class InProcessRunner(Runner):
         self.adapter = adapter
         self.adapter_name = adapter_name
         self.services: Any = None
+        self.scorer: Any = None
         self.where = "in-process"
 
     @classmethod
@@ -178,16 +192,25 @@ class InProcessRunner(Runner):
             "device": getattr(getattr(self.services, "llm", None), "device", None),
         }
 
-    async def ask(self, system: str, question: str, how: Ask) -> Output:
-        from app.llm.base import ChatMessage, GenerationParams
+    @staticmethod
+    def _params(how: Ask) -> Any:
+        from app.llm.base import GenerationParams
 
-        params = GenerationParams(
+        return GenerationParams(
             max_tokens=how.max_tokens,
             temperature=how.temperature,
             top_p=how.top_p if how.temperature > 0 else 1.0,
             seed=how.seed,
         )
-        model = self.adapter_name if system in LORA_SYSTEMS else None
+
+    def _model(self, system: str) -> str | None:
+        return self.adapter_name if system in LORA_SYSTEMS else None
+
+    async def ask(self, system: str, question: str, how: Ask) -> Output:
+        from app.llm.base import ChatMessage
+
+        params = self._params(how)
+        model = self._model(system)
         if system in RAG_SYSTEMS:
             from app.services.rag import RagOptions
 
@@ -220,7 +243,58 @@ class InProcessRunner(Runner):
             timings=_chat_timings(start, completion.prompt_tokens, completion.completion_tokens),
         )
 
+    async def prompt(self, system: str, question: str, how: Ask) -> list[Any] | None:
+        """The chat messages ``system`` sends the model for ``question`` (what ``ask`` sends):
+        base/lora the question as the user turn; rag/rag+lora the RAG chain's messages with
+        its retrieved passages (None when the gate refuses and the model is not asked)."""
+        from app.llm.base import ChatMessage
+
+        if system in RAG_SYSTEMS:
+            from app.services.rag import RagOptions
+
+            prompt = await self.services.rag.prompt_messages(
+                question,
+                [self.kb],
+                options=RagOptions(top_k=how.top_k, search_mode=how.search_mode),
+                params=self._params(how),
+                model=self._model(system),
+            )
+            return None if prompt.messages is None else list(prompt.messages)
+        return [ChatMessage("user", question)]
+
+    async def prepare_likelihood(self) -> str | None:
+        from eval.likelihood import LikelihoodScorer
+
+        if self.scorer is not None:
+            return None
+        llm = getattr(self.services, "llm", None)
+        try:
+            if getattr(llm, "kind", None) == "transformers":
+                self.scorer = LikelihoodScorer.from_backend(llm)
+            else:
+                self.scorer = await asyncio.to_thread(
+                    LikelihoodScorer.load, self.settings.llm, self.settings.resolved_models_dir
+                )
+        except Exception as exc:  # a GGUF file without a transformers copy, memory, ...
+            logger.warning("event=likelihood_unavailable error=%r", str(exc)[:300])
+            model = self.settings.llm.model
+            return f"the transformers copy of {model!r} could not be loaded: {exc}"
+        return None
+
+    async def likelihood(
+        self, system: str, question: str, answers: list[str], how: Ask
+    ) -> dict[str, Any]:
+        messages = await self.prompt(system, question, how)
+        if messages is None:
+            return {"nll": None, "reason": "refused: the model is not asked"}
+        adapter = self._model(system)
+        result = await asyncio.to_thread(self.scorer.best, messages, answers, adapter)
+        return dict(result.to_dict())
+
     async def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+            self.scorer = None
         if self.services is not None:
             self.services.close()
             self.services = None
@@ -284,6 +358,12 @@ class HttpRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         return {"where": self.where, "backend": "http", "model": self.model}
+
+    async def prepare_likelihood(self) -> str | None:
+        return (
+            "not measured with --server: it needs the model's weights in this process "
+            "(run the comparison without --server)"
+        )
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = await self.client.post(path, json=body)

@@ -83,6 +83,39 @@ def compare_cmd(
     restart: Annotated[
         bool, typer.Option(help="Discard the results already in --out instead of resuming.")
     ] = False,
+    likelihood: Annotated[
+        bool | None,
+        typer.Option(
+            "--likelihood/--no-likelihood",
+            help="Gold-answer likelihood (NLL, perplexity) under each system's prompt; "
+            "in-process only (eval.likelihood).",
+            show_default=False,
+        ),
+    ] = None,
+    probe: Annotated[
+        bool | None,
+        typer.Option(
+            "--probe/--no-probe",
+            help="Forgetting probe: general questions asked of base and lora when a lora "
+            "system runs (eval.probe).",
+            show_default=False,
+        ),
+    ] = None,
+    probe_file: Annotated[
+        Path | None,
+        typer.Option(help="Questions of the forgetting probe, JSONL (eval.probe_file)."),
+    ] = None,
+    sampling_temperature: Annotated[
+        float | None,
+        typer.Option(
+            help="After the main run, ask every question again --sampling-repeats times at "
+            "this temperature; 0: no sampled run (eval.sampling_temperature)."
+        ),
+    ] = None,
+    sampling_repeats: Annotated[
+        int | None,
+        typer.Option(help="Answers per question in the sampled run (eval.sampling_repeats)."),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "warning",
@@ -90,7 +123,8 @@ def compare_cmd(
     """Ask every question of --qa N times per system, score, and write the report.
 
     Resumable: answers are appended to OUT/results.jsonl as they come; a re-run asks only
-    what is missing.
+    what is missing. Also: the gold-answer likelihood (OUT/likelihood.jsonl), the forgetting
+    probe (OUT/probe.jsonl) and, with --sampling-temperature, a sampled run next to the main one.
     """
     import httpx
     from rich.console import Console
@@ -103,7 +137,7 @@ def compare_cmd(
         TimeRemainingColumn,
     )
 
-    from eval.compare import CompareError, CompareOptions, run_compare
+    from eval.compare import DEFAULT_PROBE, CompareError, CompareOptions, run_compare
     from eval.data import QAError, read_qa
     from eval.report import rich_table, write_reports
     from eval.summary import SummaryOptions, summarize
@@ -121,16 +155,23 @@ def compare_cmd(
             "eval.top_k": top_k,
             "eval.search_mode": search_mode,
             "eval.api_key": api_key,
+            "eval.likelihood": likelihood,
+            "eval.probe": probe,
+            "eval.probe_file": probe_file,
+            "eval.sampling_temperature": sampling_temperature,
+            "eval.sampling_repeats": sampling_repeats,
         },
     )
     setup_logging(log_level)
     ev = settings.eval
+    probe_path = (ev.probe_file or DEFAULT_PROBE) if ev.probe else None
     try:
         items = read_qa(qa)
         if limit is not None:
             items = items[:limit]
         if negatives is not None:
             items += read_qa(negatives, negative=True)
+        probe_items = read_qa(probe_path) if probe_path is not None else []
     except QAError as exc:
         raise _fail(str(exc)) from exc
 
@@ -167,6 +208,10 @@ def compare_cmd(
         strip_citations=ev.strip_citations,
         refusal_patterns=list(ev.refusal_patterns),
         identity=identity,
+        likelihood=ev.likelihood,
+        sampling_temperature=ev.sampling_temperature,
+        sampling_repeats=ev.sampling_repeats if ev.sampling_temperature > 0 else 0,
+        probe_file=str(probe_path) if probe_path is not None else None,
     )
     console = Console()
     progress = Progress(
@@ -194,6 +239,7 @@ def compare_cmd(
                     options,
                     out,
                     restart=restart,
+                    probe_items=probe_items,
                     on_start=on_start,
                     on_answer=on_answer,
                 )
@@ -204,6 +250,8 @@ def compare_cmd(
         raise _fail(f"{type(exc).__name__}: {exc}", 1) from exc
     for system, reason in run.skipped.items():
         typer.secho(f"skipped {system}: {reason}", fg=typer.colors.YELLOW, err=True)
+    for instrument, reason in run.notes.items():
+        typer.secho(f"no {instrument}: {reason}", fg=typer.colors.YELLOW, err=True)
     meta = {
         **run.runner,
         "adapter": identity.get("adapter"),
@@ -212,6 +260,9 @@ def compare_cmd(
         "repeats": options.repeats,
         "temperature": options.temperature,
         "max_tokens": options.max_tokens,
+        "sampling_temperature": options.sampling_temperature if options.sampled else None,
+        "sampling_repeats": options.sampling_repeats if options.sampled else None,
+        "probe": options.probe_file if run.probe_rows else None,
         "wall_s": round(run.wall_s, 1),
     }
     summary = summarize(
@@ -227,11 +278,15 @@ def compare_cmd(
         ),
         skipped=run.skipped,
         meta=meta,
+        likelihood_rows=run.likelihood_rows,
+        probe_rows=run.probe_rows,
+        notes=run.notes,
     )
     paths = write_reports(summary, out)
     console.print(rich_table(summary))
     typer.echo(
         f"asked={run.asked} reused={run.reused} failed={run.failed} wall_s={run.wall_s:.1f} "
+        f"probe_asked={run.probe_asked} likelihood_scored={run.likelihood_scored} "
         f"report={paths['html']}"
     )
     if run.failed:
@@ -250,7 +305,7 @@ def report_cmd(
     """Rebuild summary.json and the reports from OUT/results.jsonl (e.g. after an interrupt)."""
     from rich.console import Console
 
-    from eval.compare import RESULTS, RUN, load_results
+    from eval.compare import LIKELIHOOD, PROBE, RESULTS, RUN, SAMPLED, load_results, run_of
     from eval.data import QAItem
     from eval.report import rich_table, write_reports
     from eval.summary import SummaryOptions, summarize
@@ -271,15 +326,31 @@ def report_cmd(
     systems = [s for s in run.get("options", {}).get("systems", []) if s] or sorted(
         {r["system"] for r in rows}
     )
+    opts = run.get("options", {})
+    # the sampled answers of the last run's sampling options (a row per repeat: the last wins)
+    wanted_t, wanted_p = opts.get("sampling_temperature"), opts.get("top_p")
+    latest: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+    for row in rows:
+        sampled = run_of(row) == SAMPLED
+        if sampled and (row.get("temperature"), row.get("top_p")) != (wanted_t, wanted_p):
+            continue
+        latest[(row["id"], row["system"], int(row["repeat"]), run_of(row))] = row
+
+    def last_per_question(name: str) -> list[dict[str, Any]]:
+        found = {(r["id"], r["system"]): r for r in load_results(out / name) if not r.get("error")}
+        return list(found.values())
+
     ev = settings.eval
     summary = summarize(
-        rows,
+        list(latest.values()),
         list(items.values()),
         systems,
         SummaryOptions(
             ev.bootstrap_samples, ev.confidence, ev.seed, ev.tie_margin, ev.disagreements
         ),
         meta={k: v for k, v in run.get("fixed", {}).items() if v is not None},
+        likelihood_rows=last_per_question(LIKELIHOOD),
+        probe_rows=last_per_question(PROBE),
     )
     paths = write_reports(summary, out)
     Console().print(rich_table(summary))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
@@ -94,6 +95,38 @@ class EvalSettings(Section):
     )
     disagreements: int = Field(
         10, ge=0, description="Questions listed in the report where the systems disagree most."
+    )
+    likelihood: bool = Field(
+        True,
+        description="Gold-answer likelihood (in-process only): the teacher-forced mean negative "
+        "log-likelihood per token (and perplexity) of the accepted answer after the exact "
+        "prompt each system sends (base: the question; rag: with its passages; lora: with the "
+        "adapter), from the transformers copy of the model. `--likelihood/--no-likelihood`.",
+    )
+    probe: bool = Field(
+        True,
+        description="Forgetting probe: when a lora system runs, ask `probe_file`'s general "
+        "questions of base and lora (greedy) and report how many answers the adapter changed. "
+        "`--probe/--no-probe`.",
+    )
+    probe_file: Path | None = Field(
+        None,
+        description="JSONL of the forgetting probe ({id, question, answers}); None: the 30 "
+        "general questions shipped in eval/forgetting_probe.jsonl. `--probe-file`.",
+    )
+    sampling_temperature: float = Field(
+        0.0,
+        ge=0.0,
+        le=2.0,
+        description="Sampled run next to the main (greedy) one: after it, every question is "
+        "asked `sampling_repeats` more times at this temperature (seed `seed` + repeat); "
+        "0 = no sampled run. `--sampling-temperature`.",
+    )
+    sampling_repeats: int = Field(
+        5,
+        ge=2,
+        le=50,
+        description="Answers per question and system in the sampled run (`--sampling-repeats`).",
     )
     server_timeout_s: float = Field(
         600.0, gt=0, description="Per-request timeout with `--server` (CPU answers are slow)."

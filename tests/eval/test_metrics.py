@@ -170,13 +170,15 @@ def test_summary_stability_and_paired_counts() -> None:
     ]
     summary = summarize(rows, items, ["rag", "lora"], SummaryOptions(samples=200))
     rag, lora = summary["systems"]["rag"], summary["systems"]["lora"]
-    assert rag["stability"] == {
+    assert {k: v for k, v in rag["stability"].items() if not k.endswith("_ci")} == {
         "questions": 2,
         "repeats": 2,
         "identical": 1.0,
         "pairwise_similarity": 1.0,
         "mixed_correctness": 0.0,
+        "mixed_questions": 0,
     }
+    assert rag["stability"]["identical_ci"] == {"mean": 1.0, "low": 1.0, "high": 1.0}
     assert lora["stability"]["identical"] == 0.5
     assert lora["stability"]["mixed_correctness"] == 0.5
     assert rag["em"]["mean"] == 1.0 and lora["em"]["mean"] == pytest.approx(0.25)
