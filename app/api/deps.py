@@ -1,5 +1,16 @@
-"""FastAPI dependencies as ``Annotated`` aliases; tests override them with
-``app.dependency_overrides``."""
+"""FastAPI dependencies as ``Annotated`` aliases (the pattern of full-stack-fastapi-template's
+``api/deps.py``).
+
+A route names the service it needs (``KbServiceDep``, ``RagServiceDep``, ``ChatServiceDep``)
+and gets it typed; the dependency itself answers 503 when this server does not run that
+service, so no route null-checks ``Services``. The plain functions behind the aliases
+(``kb_service``, ``rag_service``, ``chat_service``) take the ``Services`` too, for the one route
+that needs a service only on one of its paths (/v1/chat/completions: the chat service for a
+plain answer, the RAG service with ``knowledge_base``).
+
+Tests replace any of them with ``app.dependency_overrides[get_services] = ...`` (or
+``[kb_service]``, ...) instead of building real services (tests/app/test_api_routes.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.errors import APIError
+from app.llm.chat import ChatService
 from app.services.container import Services
+from app.services.rag import RagService
 from app.settings import Settings
 from ingest.service import KnowledgeBaseService
 
@@ -24,7 +37,12 @@ def get_services(request: Request) -> Services:
     return services
 
 
-def kb_service(services: Services) -> KnowledgeBaseService:
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def kb_service(services: ServicesDep) -> KnowledgeBaseService:
+    """The knowledge-base service; 503 when this server runs none."""
     if services.kb is None:
         raise APIError(
             503,
@@ -35,8 +53,33 @@ def kb_service(services: Services) -> KnowledgeBaseService:
     return services.kb
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-ServicesDep = Annotated[Services, Depends(get_services)]
+def rag_service(services: ServicesDep) -> RagService:
+    """The knowledge-base answer service; 503 when this server runs none."""
+    if services.rag is None:
+        raise APIError(
+            503, "knowledge-base answers are not enabled on this server", code="rag_disabled"
+        )
+    return services.rag
+
+
+def chat_service(services: ServicesDep) -> ChatService:
+    """The chat service (generation gate + backend); 503 when this server runs none. A chat
+    service without an LLM (llm.backend=none) is still returned: its own error says why."""
+    if services.chat is None:
+        raise APIError(503, "chat is not available on this server", code="backend_unavailable")
+    return services.chat
+
+
+def base_model(services: ServicesDep) -> str:
+    """The name an answer is labelled with when the request names no model ("kbqa" on a
+    server without an LLM, whose knowledge-base answers are passages)."""
+    return services.llm.name if services.llm else "kbqa"
+
+
+KbServiceDep = Annotated[KnowledgeBaseService, Depends(kb_service)]
+RagServiceDep = Annotated[RagService, Depends(rag_service)]
+ChatServiceDep = Annotated[ChatService, Depends(chat_service)]
+BaseModelDep = Annotated[str, Depends(base_model)]
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:

@@ -1,4 +1,17 @@
-"""Errors in OpenAI's shape: ``{"error": {"message", "type", "code"}}`` with the right status."""
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "code", "param"}}`` with the right
+status.
+
+The one place a domain error gets its HTTP status: services raise their own errors
+(``LLMError`` from app.llm, ``IngestError`` from ingest) and the handlers installed here map
+each family to its status and body, so routes never translate them. ``APIError`` is for what
+only the HTTP layer knows (a missing API key, a service this server does not run, a request
+field out of the server's limits).
+
+Statuses: LLM errors: unknown model 404, prompt too long 413, queue full 503 (server_busy),
+backend unavailable 503, anything else 500. Ingest errors: not found 404, conflict 409,
+unsupported file type 415, file too large 413, invalid name 400, unreadable document 422,
+anything else 400.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
-    """An error a client can act on. Services raise their own errors; routes map them here."""
+    """An error the HTTP layer raises itself; domain errors have their own handlers below."""
 
     def __init__(
         self,
@@ -115,7 +128,7 @@ _INGEST_STATUS: list[tuple[type[IngestError], int, str, str]] = [
 ]
 
 
-def api_error(exc: IngestError) -> APIError:
+def from_ingest_error(exc: IngestError) -> APIError:
     """The status and error shape of an ingest error."""
     for kind, status, type_, code in _INGEST_STATUS:
         if isinstance(exc, kind):
@@ -124,11 +137,17 @@ def api_error(exc: IngestError) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Every error family's handler, on one app (a subclass takes its family's handler)."""
+
     @app.exception_handler(LLMError)
     async def _llm_error(request: Request, exc: LLMError) -> JSONResponse:
         settings = getattr(request.app.state, "settings", None)
         retry = settings.llm.retry_after_s if settings is not None else 5
         return _response(from_llm_error(exc, retry))
+
+    @app.exception_handler(IngestError)
+    async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
+        return _response(from_ingest_error(exc))
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:

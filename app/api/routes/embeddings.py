@@ -7,7 +7,7 @@ import struct
 
 from fastapi import APIRouter
 
-from app.api.deps import ServicesDep, kb_service
+from app.api.deps import KbServiceDep
 from app.api.errors import APIError
 from app.api.schemas.ingest import (
     EmbeddingItem,
@@ -24,8 +24,7 @@ def _b64(vector: list[float]) -> str:
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse)
-def embeddings(body: EmbeddingsRequest, services: ServicesDep) -> EmbeddingsResponse:
-    service = kb_service(services)
+def embeddings(body: EmbeddingsRequest, service: KbServiceDep) -> EmbeddingsResponse:
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if not texts or any(not t for t in texts):
         raise APIError(400, "input must be a non-empty string or list of them", param="input")

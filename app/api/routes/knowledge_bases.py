@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ServicesDep, kb_service
-from app.api.errors import api_error
+from app.api.deps import KbServiceDep
 from app.api.schemas.ingest import (
     KnowledgeBaseCreate,
     KnowledgeBaseList,
@@ -14,48 +13,34 @@ from app.api.schemas.ingest import (
     SearchRequest,
     SearchResponse,
 )
-from ingest.errors import IngestError
 
 router = APIRouter(tags=["knowledge bases"])
 
 
 @router.post("/knowledge_bases", response_model=KnowledgeBaseOut, status_code=201)
-def create_kb(body: KnowledgeBaseCreate, services: ServicesDep) -> KnowledgeBaseOut:
-    try:
-        return KnowledgeBaseOut.of(kb_service(services).create_kb(body.name))
-    except IngestError as exc:
-        raise api_error(exc) from exc
+def create_kb(body: KnowledgeBaseCreate, service: KbServiceDep) -> KnowledgeBaseOut:
+    return KnowledgeBaseOut.of(service.create_kb(body.name))
 
 
 @router.get("/knowledge_bases", response_model=KnowledgeBaseList)
-def list_kbs(services: ServicesDep) -> KnowledgeBaseList:
-    return KnowledgeBaseList(data=[KnowledgeBaseOut.of(k) for k in kb_service(services).list_kbs()])
+def list_kbs(service: KbServiceDep) -> KnowledgeBaseList:
+    return KnowledgeBaseList(data=[KnowledgeBaseOut.of(k) for k in service.list_kbs()])
 
 
 @router.get("/knowledge_bases/{kb}", response_model=KnowledgeBaseOut)
-def get_kb(kb: str, services: ServicesDep) -> KnowledgeBaseOut:
-    try:
-        return KnowledgeBaseOut.of(kb_service(services).get_kb(kb))
-    except IngestError as exc:
-        raise api_error(exc) from exc
+def get_kb(kb: str, service: KbServiceDep) -> KnowledgeBaseOut:
+    return KnowledgeBaseOut.of(service.get_kb(kb))
 
 
 @router.delete("/knowledge_bases/{kb}")
-def delete_kb(kb: str, services: ServicesDep) -> dict:
-    try:
-        kb_service(services).delete_kb(kb)
-    except IngestError as exc:
-        raise api_error(exc) from exc
+def delete_kb(kb: str, service: KbServiceDep) -> dict:
+    service.delete_kb(kb)
     return {"object": "knowledge_base.deleted", "name": kb, "deleted": True}
 
 
 @router.post("/knowledge_bases/{kb}/search", response_model=SearchResponse)
-def search(kb: str, body: SearchRequest, services: ServicesDep) -> SearchResponse:
-    service = kb_service(services)
-    try:
-        hits = service.search(kb, body.query, body.top_k, body.score_threshold, body.mode)
-    except IngestError as exc:
-        raise api_error(exc) from exc
+def search(kb: str, body: SearchRequest, service: KbServiceDep) -> SearchResponse:
+    hits = service.search(kb, body.query, body.top_k, body.score_threshold, body.mode)
     return SearchResponse(
         mode=body.mode or service.retrieval.mode, data=[SearchHitOut.of(h) for h in hits]
     )

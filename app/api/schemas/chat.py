@@ -32,9 +32,32 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(False, description="Accepted; usage is always in the last chunk.")
 
 
-class ChatCompletionRequest(BaseModel):
-    # unknown OpenAI parameters (logprobs, user, ...) are accepted and ignored
-    model_config = ConfigDict(extra="ignore")
+SearchModeField = Literal["dense", "keyword", "hybrid"]
+AnswerModeField = Literal["generate", "passages"]
+
+
+class RagFields(BaseModel):
+    """The knowledge-base knobs shared by /v1/chat/completions and /ask."""
+
+    top_k: int | None = Field(
+        None, ge=1, le=50, description="Passages used for the answer (default: settings)."
+    )
+    score_threshold: float | None = Field(
+        None, ge=0, le=1, description="Minimum search score (0-1) of a passage."
+    )
+    search_mode: SearchModeField | None = Field(
+        None, description="dense, keyword or hybrid (default: retrieval.mode)."
+    )
+    answer_mode: AnswerModeField = Field(
+        "generate",
+        description="`generate`: the LLM answers from the passages. `passages`: retrieval only, "
+        "the best passages with no LLM call.",
+    )
+    return_sources: bool = Field(True, description="Send the passages used as `sources`.")
+
+
+class ChatFields(BaseModel):
+    """The OpenAI fields of a chat completion request (and ``knowledge_base``)."""
 
     model: str | None = Field(
         None,
@@ -62,17 +85,28 @@ class ChatCompletionRequest(BaseModel):
         "citations, `sources` in the response. Absent: the plain model.",
         examples=["dengbao"],
     )
-    top_k: int | None = Field(None, ge=1, le=50, description="Passages used (knowledge_base).")
-    score_threshold: float | None = Field(
-        None, ge=0, le=1, description="Minimum search score of a passage (knowledge_base)."
-    )
-    search_mode: Literal["dense", "keyword", "hybrid"] | None = Field(
-        None, description="Search mode (knowledge_base)."
-    )
-    answer_mode: Literal["generate", "passages"] = Field(
-        "generate", description="`passages`: retrieval only, no LLM call (knowledge_base)."
-    )
-    return_sources: bool = Field(True, description="Include `sources` (knowledge_base).")
+
+
+# On /v1/chat/completions the knowledge-base knobs apply only with `knowledge_base`; their
+# documentation there says so (the fields themselves are RagFields').
+_WITH_KNOWLEDGE_BASE = {
+    "top_k": "Passages used (knowledge_base).",
+    "score_threshold": "Minimum search score of a passage (knowledge_base).",
+    "search_mode": "Search mode (knowledge_base).",
+    "answer_mode": "`passages`: retrieval only, no LLM call (knowledge_base).",
+    "return_sources": "Include `sources` (knowledge_base).",
+}
+
+
+def _describe_with_knowledge_base(schema: dict[str, Any]) -> None:
+    for name, description in _WITH_KNOWLEDGE_BASE.items():
+        schema["properties"][name]["description"] = description
+
+
+# The OpenAI fields, then the knowledge-base knobs (RagFields, shared with /ask), in this order
+# in the schema. Unknown OpenAI parameters (logprobs, user, ...) are accepted and ignored.
+class ChatCompletionRequest(RagFields, ChatFields):
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_describe_with_knowledge_base)
 
     @field_validator("stop")
     @classmethod
@@ -140,30 +174,6 @@ class Health(BaseModel):
     backend: str
     device: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
-
-
-SearchModeField = Literal["dense", "keyword", "hybrid"]
-AnswerModeField = Literal["generate", "passages"]
-
-
-class RagFields(BaseModel):
-    """The knowledge-base knobs shared by /v1/chat/completions and /ask."""
-
-    top_k: int | None = Field(
-        None, ge=1, le=50, description="Passages used for the answer (default: settings)."
-    )
-    score_threshold: float | None = Field(
-        None, ge=0, le=1, description="Minimum search score (0-1) of a passage."
-    )
-    search_mode: SearchModeField | None = Field(
-        None, description="dense, keyword or hybrid (default: retrieval.mode)."
-    )
-    answer_mode: AnswerModeField = Field(
-        "generate",
-        description="`generate`: the LLM answers from the passages. `passages`: retrieval only, "
-        "the best passages with no LLM call.",
-    )
-    return_sources: bool = Field(True, description="Send the passages used as `sources`.")
 
 
 class Source(BaseModel):
