@@ -184,13 +184,10 @@ class Catalog:
 
     def delete_kb(self, name: str) -> None:
         with self.connect() as db:
-            for table in ("chunks", "documents"):
+            # its jobs go with it: a knowledge base created later under the same name starts
+            # with none (a worker still running one finds the job gone and drops its result)
+            for table in ("chunks", "documents", "jobs"):
                 db.execute(f"DELETE FROM {table} WHERE kb = ?", (name,))
-            db.execute(
-                "UPDATE jobs SET state = 'failed', error = 'knowledge base deleted', "
-                "finished_at = ? WHERE kb = ? AND state IN ('queued', 'running')",
-                (time.time(), name),
-            )
             db.execute("DELETE FROM kbs WHERE name = ?", (name,))
 
     def kb_version(self, name: str) -> int:

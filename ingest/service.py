@@ -291,6 +291,11 @@ class KnowledgeBaseService:
         logger.warning("event=job_failed job=%s kb=%s error=%r", job.id, job.kb, error)
         self.catalog.fail(job.id, error)
         self.catalog.set_document_status(job.kb, job.doc_id, "failed", error=error)
+        # the stored bytes of a failed document are of no use (uploading it again stores them
+        # anew); the document row keeps the name and the reason
+        doc = self.catalog.get_document(job.kb, job.doc_id)
+        if doc is not None and doc.path:
+            Path(doc.path).unlink(missing_ok=True)
 
     def _prepare(self, job: Job) -> _Prepared:
         self.open_kb(job.kb)

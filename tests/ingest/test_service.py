@@ -85,8 +85,9 @@ def test_delete_kb_removes_everything(service: KnowledgeBaseService) -> None:
     assert not (service.files_dir / "gone").exists()
     with pytest.raises(NotFoundError):
         service.search("gone", "熊猫")
-    service.create_kb("gone")  # a fresh, empty collection
+    service.create_kb("gone")  # a fresh, empty collection, and no jobs of the old one
     assert service.store.count("gone") == 0
+    assert service.list_jobs("gone") == [] and service.list_documents("gone") == []
 
 
 def test_names_and_unknown_kb(service: KnowledgeBaseService) -> None:
@@ -140,7 +141,11 @@ def test_bad_file_fails_only_its_job(service: KnowledgeBaseService) -> None:
     failed = service.get_job(bad.job.id)
     assert failed.state == "failed" and "not a valid DOCX" in (failed.error or "")
     assert service.get_job(good.job.id).state == "succeeded"
-    assert service.get_document("mixed", bad.doc_id or "").status == "failed"
+    failed_doc = service.get_document("mixed", bad.doc_id or "")
+    assert failed_doc.status == "failed" and failed_doc.filename == "fake.docx"
+    # a failed document's stored bytes are removed; the good one's stay
+    stored = sorted(p.name for p in (service.files_dir / "mixed").iterdir())
+    assert stored == [f"{good.doc_id}.txt"]
 
 
 def _run_worker_until_done(
