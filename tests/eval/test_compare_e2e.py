@@ -213,6 +213,37 @@ def test_compare_in_process_files_consistency_and_resume(setup: dict) -> None:
     assert "data:image/png;base64," in html and "rag+lora" in html
     assert "| system |" in (out / "report.md").read_text()
 
+    # gold-answer likelihood: every answerable question under each system's own prompt
+    assert "likelihood_scored=12" in first.output
+    likelihood = [json.loads(line) for line in (out / "likelihood.jsonl").read_text().splitlines()]
+    assert {(r["id"], r["system"]) for r in likelihood} == {
+        (q["id"], s) for q in QA for s in SYSTEMS
+    }
+    by = {(r["id"], r["system"]): r for r in likelihood}
+    for q in QA:
+        base = by[(q["id"], "base")]
+        assert base["nll"] > 0 and base["gold"] in q["answers"]
+        # the trained adapter moves the likelihood; the rag prompt carries the passages
+        assert by[(q["id"], "lora")]["nll"] != base["nll"]
+        rag = by[(q["id"], "rag")]
+        assert rag["nll"] is None or rag["prompt_tokens"] > base["prompt_tokens"] + 20
+    for name in SYSTEMS:
+        lik = summary["systems"][name]["likelihood"]
+        assert lik["questions"] == len(QA)
+        if lik["nll"]:
+            assert lik["nll"]["low"] <= lik["nll"]["mean"] <= lik["nll"]["high"]
+            assert lik["perplexity"]["mean"] == pytest.approx(
+                2.718281828 ** lik["nll"]["mean"], rel=1e-4
+            )
+    assert "nll_difference" in summary["paired"][0]
+    # the forgetting probe: the shipped 30 general questions, base against lora
+    assert "probe_asked=60" in first.output
+    forgetting = summary["forgetting"]
+    assert forgetting["questions"] == 30
+    assert 0 <= forgetting["changed"]["low"] <= forgetting["changed"]["high"] <= 1
+    assert (out / "instruments.png").stat().st_size > 1000
+    assert "Forgetting probe" in html and "Gold-answer likelihood" in html
+
     # resume: nothing left to ask
     again = _compare(
         setup,
@@ -225,6 +256,7 @@ def test_compare_in_process_files_consistency_and_resume(setup: dict) -> None:
         ",".join(SYSTEMS),
     )
     assert f"asked=0 reused={total} failed=0" in again.output
+    assert "probe_asked=0 likelihood_scored=0" in again.output
     assert len(_rows(out)) == total
     # an interrupted run (last answers missing, a torn line) asks only what is missing
     lines = (out / "results.jsonl").read_text().splitlines()
@@ -262,6 +294,7 @@ def test_missing_inputs_are_skipped_with_a_note(setup: dict) -> None:
         setup, out, "--systems", "base,lora,rag+lora", "--repeats", "1", "--limit", "1"
     )
     assert "skipped lora: no --adapter given" in result.output
+    assert "no probe: no lora system runs" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["systems"]) == ["base"]
     assert set(summary["skipped"]) == {"lora", "rag+lora"}
@@ -290,8 +323,10 @@ def test_compare_through_a_live_server(setup: dict, live_server_factory: Any) ->
             "rag,lora",
             "--repeats",
             "1",
+            "--no-probe",
         )
     assert "failed=0" in result.output
+    assert "no likelihood: not measured with --server" in result.output
     rows = _rows(out)
     assert {r["system"] for r in rows} == {"rag", "lora"} and len(rows) == 2 * (len(QA) + 1)
     # the same greedy answers as in-process
