@@ -1,12 +1,12 @@
 """FastAPI dependencies as ``Annotated`` aliases (the pattern of full-stack-fastapi-template's
 ``api/deps.py``).
 
-A route names the service it needs (``KbServiceDep``, ``RagServiceDep``, ``ChatServiceDep``)
-and gets it typed; the dependency itself answers 503 when this server does not run that
-service, so no route null-checks ``Services``. The plain functions behind the aliases
-(``kb_service``, ``rag_service``, ``chat_service``) take the ``Services`` too, for the one route
-that needs a service only on one of its paths (/v1/chat/completions: the chat service for a
-plain answer, the RAG service with ``knowledge_base``).
+A route names the service it needs (``KbServiceDep``, ``RagServiceDep``) and gets it typed;
+the dependency itself answers 503 when this server does not run that service, so no route
+null-checks ``Services``. The plain functions behind them (``kb_service``, ``rag_service``,
+``chat_service``) take the ``Services`` too, for the one route that needs a service only on
+one of its paths (/v1/chat/completions: the chat service for a plain answer, the RAG service
+with ``knowledge_base``).
 
 Tests replace any of them with ``app.dependency_overrides[get_services] = ...`` (or
 ``[kb_service]``, ...) instead of building real services (tests/app/test_api_routes.py).
@@ -78,7 +78,6 @@ def base_model(services: ServicesDep) -> str:
 
 KbServiceDep = Annotated[KnowledgeBaseService, Depends(kb_service)]
 RagServiceDep = Annotated[RagService, Depends(rag_service)]
-ChatServiceDep = Annotated[ChatService, Depends(chat_service)]
 BaseModelDep = Annotated[str, Depends(base_model)]
 
 
