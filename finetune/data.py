@@ -215,9 +215,7 @@ def holdout_split(
     # by question a knowledge example always trains; by source it follows its document (a
     # held-out document stays unseen), and it is never a test question
     train = [
-        e
-        for e in examples
-        if (e.knowledge and by == "question") or _group_key(e, by) not in held
+        e for e in examples if (e.knowledge and by == "question") or _group_key(e, by) not in held
     ]
     holdout = [e for e in examples if not e.knowledge and _group_key(e, by) in held]
     return train, holdout

@@ -5,7 +5,9 @@
 - ``sentence_transformers``: any sentence-transformers model by name (local cache) or path.
 
 All return L2-normalised vectors, so cosine similarity is a dot product. Calls are serialised
-with a lock: the packaged engines are not documented as thread-safe.
+with a lock (the packaged engines are not documented as thread-safe) that is first come, first
+served, and held for one batch at a time: a search's one query waits for at most one batch of
+a large embedding request, not for all of it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import platform
 import sys
 import threading
+from collections import deque
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -34,6 +37,45 @@ def _normalise(rows: Any) -> list[list[float]]:
     return (array / norms).tolist()
 
 
+class FairLock:
+    """A lock granted in arrival order. ``threading.Lock`` lets a thread that releases and
+    asks again (a large request's next batch) win over threads already waiting (a search's
+    single query), so a big request could starve small ones."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+        waiter.acquire()  # released by release(): the lock is handed over, still held
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class NamedEmbeddings(Embeddings):
     """An embedding model with a stable ``name`` and ``dim`` (recorded per knowledge base)."""
 
@@ -42,7 +84,7 @@ class NamedEmbeddings(Embeddings):
 
     def __init__(self, batch_size: int = 8) -> None:
         self.batch_size = batch_size
-        self._lock = threading.Lock()
+        self._lock = FairLock()
 
     def _embed_passages(self, texts: list[str]) -> Any:
         raise NotImplementedError

@@ -31,6 +31,14 @@ class FileTooLargeError(IngestError):
     """A file over the size limit (413)."""
 
 
+class InputTooLargeError(IngestError):
+    """Too many texts, or a text too long, to embed or search in one request (413)."""
+
+
+class RequestCancelledError(IngestError):
+    """The client went away; the rest of its work was dropped (499, never seen by it)."""
+
+
 class DocumentError(IngestError):
     """A file that cannot be read: empty, corrupt, encrypted, a zip bomb, binary, too large to
     parse (job fails)."""

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from app.settings import Settings
-from app.settings.ingest import IngestSettings, RetrievalSettings
+from app.settings.ingest import EmbeddingsSettings, IngestSettings, RetrievalSettings
 from ingest.catalog import Catalog
 from ingest.embeddings import NamedEmbeddings, build_embeddings
 from ingest.errors import (
@@ -35,9 +35,11 @@ from ingest.errors import (
     EmbeddingMismatchError,
     FileTooLargeError,
     IngestError,
+    InputTooLargeError,
     InterruptedJob,
     InvalidNameError,
     NotFoundError,
+    RequestCancelledError,
     UnsupportedTypeError,
 )
 from ingest.keyword import KeywordIndex, Tokenizer
@@ -84,6 +86,7 @@ class KnowledgeBaseService:
         files_dir: Path,
         ingest: IngestSettings,
         retrieval: RetrievalSettings,
+        limits: EmbeddingsSettings | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -92,6 +95,8 @@ class KnowledgeBaseService:
         self.files_dir = files_dir
         self.ingest_settings = ingest
         self.retrieval = retrieval
+        # max_inputs, max_input_chars
+        self.limits = limits or EmbeddingsSettings.model_validate({})
         self.splitter = Splitter(ingest.chunk_size, ingest.chunk_overlap)
         self.stopping = threading.Event()
         self.job_added = threading.Event()
@@ -136,6 +141,7 @@ class KnowledgeBaseService:
             root / "files",
             settings.ingest,
             settings.retrieval,
+            settings.embeddings,
         )
 
     # knowledge bases -------------------------------------------------------------------
@@ -438,6 +444,7 @@ class KnowledgeBaseService:
         mode: SearchMode | None = None,
     ) -> list[SearchHit]:
         """Chunks of ``kb`` for ``query`` best first, scores on the 0-1 scale of this module."""
+        self.check_text(query, "query")
         self.open_kb(kb)
         k = top_k or self.retrieval.top_k
         threshold = self.retrieval.score_threshold if score_threshold is None else score_threshold
@@ -483,10 +490,43 @@ class KnowledgeBaseService:
         known = self.catalog.chunks_by_id(kb, [h[0] for h in hits])
         return [(cid, max(0.0, min(1.0, sim))) for cid, _, _, sim in hits if cid in known]
 
-    def embed(self, texts: list[str], input_type: str = "query") -> list[list[float]]:
-        if input_type == "passage":
-            return self.embeddings.embed_documents(texts)
-        return [self.embeddings.embed_query(t) for t in texts]
+    def check_text(self, text: str, what: str) -> None:
+        """A text to embed within ``embeddings.max_input_chars``, or InputTooLargeError."""
+        limit = self.limits.max_input_chars
+        if len(text) > limit:
+            raise InputTooLargeError(
+                f"the {what} has {len(text)} characters, over the limit of {limit} "
+                "(embeddings.max_input_chars); shorten it"
+            )
+
+    def embed(
+        self,
+        texts: list[str],
+        input_type: str = "query",
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[list[float]]:
+        """Vectors of ``texts``. The limits are checked before any work; the work runs one
+        embedding batch at a time (other requests' queries go in between), and stops with
+        RequestCancelledError as soon as ``cancelled()`` says the client went away."""
+        if len(texts) > self.limits.max_inputs:
+            raise InputTooLargeError(
+                f"{len(texts)} inputs in one request, over the limit of "
+                f"{self.limits.max_inputs} (embeddings.max_inputs); send them in several requests"
+            )
+        for index, text in enumerate(texts):
+            self.check_text(text, f"input {index}" if len(texts) > 1 else "input")
+        step = max(1, self.embeddings.batch_size) if input_type == "passage" else 1
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), step):
+            if cancelled is not None and cancelled():
+                raise RequestCancelledError(
+                    f"embedding stopped after {start} of {len(texts)} inputs: the client left"
+                )
+            if input_type == "passage":
+                vectors.extend(self.embeddings.embed_documents(texts[start : start + step]))
+            else:
+                vectors.append(self.embeddings.embed_query(texts[start]))
+        return vectors
 
     @property
     def accepted_types(self) -> tuple[str, ...]:

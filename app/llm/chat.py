@@ -10,15 +10,32 @@ from app.llm.base import (
     Completion,
     GenerationParams,
     LLMBackend,
+    PromptTooLongError,
     StreamChunk,
 )
 from app.llm.gate import GenerationGate, Slot
 
 
 class ChatService:
-    def __init__(self, llm: LLMBackend | None, gate: GenerationGate) -> None:
+    def __init__(
+        self, llm: LLMBackend | None, gate: GenerationGate, max_chars_per_token: int = 16
+    ) -> None:
         self._llm = llm
         self.gate = gate
+        self.max_chars_per_token = max_chars_per_token
+
+    def check_size(self, messages: list[ChatMessage]) -> None:
+        """Refuse messages that cannot fit the context window, by their characters alone
+        (``llm.max_chars_per_token``), before any tokenizing."""
+        context = self.llm.context_length()
+        limit = context * self.max_chars_per_token
+        size = sum(len(m.content) for m in messages)
+        if size > limit:
+            raise PromptTooLongError(
+                f"the messages have {size} characters; the model's context window is {context} "
+                f"tokens, which never holds more than {limit} characters "
+                "(llm.max_chars_per_token); shorten them"
+            )
 
     @property
     def llm(self) -> LLMBackend:
@@ -31,6 +48,7 @@ class ChatService:
     async def complete(
         self, messages: list[ChatMessage], params: GenerationParams, model: str | None = None
     ) -> Completion:
+        self.check_size(messages)
         await self.llm.check(messages, params, model)
         slot = await self.gate.acquire()
         try:
@@ -45,6 +63,7 @@ class ChatService:
         starts, so errors keep their status: a remote server's refusal (prompt over its
         context, overloaded) arrives only when its stream opens. The caller releases the slot
         when the stream ends or is abandoned."""
+        self.check_size(messages)
         await self.llm.check(messages, params, model)
         slot = await self.gate.acquire()
         pieces = aiter(self.llm.stream(messages, params, model))

@@ -62,7 +62,7 @@ def build_chat(settings: Settings, llm: LLMBackend | None) -> ChatService:
     gate = GenerationGate(
         settings.llm.max_concurrency, settings.llm.max_queue, settings.llm.queue_timeout_s
     )
-    return ChatService(llm, gate)
+    return ChatService(llm, gate, settings.llm.max_chars_per_token)
 
 
 def build_kb(settings: Settings, closables: list) -> KnowledgeBaseService:

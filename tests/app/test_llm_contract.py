@@ -189,3 +189,30 @@ def test_openai_backend_counts_with_the_remote_models_tokenizer(
 def test_estimate_tokens_counts_cjk_per_character() -> None:
     assert estimate_tokens("等级保护") == 4
     assert estimate_tokens("hello world") == 3
+
+
+def test_oversized_messages_are_refused_by_characters_before_tokenizing(
+    backend: LLMBackend,
+) -> None:
+    """A 20 MB message is refused at once (llm.max_chars_per_token x the context window),
+    without tokenizing it: the issue's reproduction took 57 s and 3 GB before its 413."""
+    counted: list[int] = []
+    original = backend.count_prompt_tokens
+
+    def spy(messages: list[ChatMessage]) -> int:
+        counted.append(len(messages))
+        return original(messages)
+
+    backend.count_prompt_tokens = spy  # type: ignore[method-assign]
+    try:
+        chat = ChatService(backend, GenerationGate(1, 4, 30.0), max_chars_per_token=16)
+        huge = [ChatMessage("user", "x" * 20_000_000)]
+        with pytest.raises(PromptTooLongError, match="max_chars_per_token"):
+            run(chat.complete(huge, GenerationParams(max_tokens=4)))
+        with pytest.raises(PromptTooLongError, match="max_chars_per_token"):
+            run(chat.open_stream(huge, GenerationParams(max_tokens=4)))
+        assert counted == [] and chat.gate.busy == 0
+        fits = [ChatMessage("user", "x" * (backend.context_length() * 16))]
+        chat.check_size(fits)  # at the limit: left to the exact, tokenized check
+    finally:
+        del backend.count_prompt_tokens

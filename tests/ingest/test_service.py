@@ -408,3 +408,86 @@ def test_keyword_index_is_built_before_the_job_succeeds(service: KnowledgeBaseSe
     service.delete_document("warm", doc_b)
     assert service.keyword._cache["warm"][0] == service.catalog.kb_version("warm")
     assert service.search("warm", "身份鉴别", mode="keyword") == []
+
+
+def test_embedding_limits_are_checked_before_any_work(service: KnowledgeBaseService) -> None:
+    """embeddings.max_inputs / max_input_chars: 100,000 inputs, an over-long input, an
+    over-long search query are refused at once (413 at the API), not embedded first."""
+    from ingest.errors import InputTooLargeError
+
+    started = time.perf_counter()
+    with pytest.raises(InputTooLargeError, match=r"embeddings\.max_inputs"):
+        service.embed(["x"] * 100_000)
+    with pytest.raises(InputTooLargeError, match="input 1 has 250000 characters"):
+        service.embed(["ok", "a " * 125_000])
+    service.create_kb("limits")
+    with pytest.raises(InputTooLargeError, match="query has 5000000 characters"):
+        service.search("limits", "a " * 2_500_000)
+    assert time.perf_counter() - started < 5
+    limit = service.limits.max_input_chars
+    assert len(service.embed(["字" * limit], "passage")) == 1  # at the limit: embedded
+
+
+def test_a_client_that_leaves_stops_its_embedding_work(service: KnowledgeBaseService) -> None:
+    from ingest.errors import RequestCancelledError
+
+    checks: list[int] = []
+
+    def cancelled() -> bool:
+        checks.append(1)
+        return len(checks) > 2  # the client leaves after two inputs
+
+    with pytest.raises(RequestCancelledError, match="after 2 of 50"):
+        service.embed([f"文本 {i}" for i in range(50)], cancelled=cancelled)
+    assert len(checks) == 3
+
+
+def test_the_embedding_lock_is_first_come_first_served() -> None:
+    """A thread that releases and asks again at once (a large request's next batch) queues
+    behind the thread already waiting (a search's query); threading.Lock would let it win."""
+    import threading
+
+    from ingest.embeddings import FairLock
+
+    lock = FairLock()
+    lock.acquire()
+    got: list[str] = []
+
+    def other() -> None:
+        with lock:
+            got.append("waiting thread")
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while lock.waiting == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    lock.release()
+    with lock:  # asks again at once
+        got.append("releasing thread")
+    thread.join(10)
+    assert got == ["waiting thread", "releasing thread"]
+
+
+def test_a_search_runs_while_a_large_embedding_request_is_still_going(
+    service: KnowledgeBaseService,
+) -> None:
+    import threading
+
+    batches: list[int] = []
+    texts = [f"第{i}段文字，关于熊猫和竹子。" for i in range(30 * service.embeddings.batch_size)]
+
+    def large() -> None:
+        service.embed(texts, "passage", cancelled=lambda: bool(batches.append(1)))
+
+    thread = threading.Thread(target=large)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(batches) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    service.embed(["熊猫吃什么？"])  # a search's query
+    done_when = len(batches)
+    thread.join(300)
+    assert done_when < 30, f"the query waited for {done_when} of 30 batches"
