@@ -210,6 +210,9 @@ def test_every_knowledge_base_route_is_503_without_the_service(client: TestClien
     for method, url, kwargs in KB_ROUTES:
         response = client.request(method.upper(), url, **kwargs)
         assert (response.status_code, response.json()) == (503, body), (method, url)
+    # the dependency answers before the body is validated: 503 whatever the request holds
+    invalid = client.post("/v1/knowledge_bases", json={"name": "a b"})
+    assert (invalid.status_code, invalid.json()) == (503, body)
 
 
 def test_upload_rejects_files_one_by_one(app: FastAPI, client: TestClient) -> None:
