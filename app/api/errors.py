@@ -35,8 +35,10 @@ from ingest.errors import (
     DocumentError,
     FileTooLargeError,
     IngestError,
+    InputTooLargeError,
     InvalidNameError,
     NotFoundError,
+    RequestCancelledError,
     UnsupportedTypeError,
 )
 
@@ -123,6 +125,8 @@ _INGEST_STATUS: list[tuple[type[IngestError], int, str, str]] = [
     (ConflictError, 409, "invalid_request_error", "conflict"),
     (UnsupportedTypeError, 415, "invalid_request_error", "unsupported_file_type"),
     (FileTooLargeError, 413, "invalid_request_error", "file_too_large"),
+    (InputTooLargeError, 413, "invalid_request_error", "input_too_large"),
+    (RequestCancelledError, 499, "invalid_request_error", "client_closed_request"),
     (InvalidNameError, 400, "invalid_request_error", "invalid_name"),
     (DocumentError, 422, "invalid_request_error", "unreadable_document"),
 ]
