@@ -14,7 +14,8 @@ Two more instruments, each with its own resumable file:
 
 - ``DIR/likelihood.jsonl``: per (answerable question, system) the teacher-forced likelihood of
   the accepted answer under the system's own prompt (eval/likelihood.py; in-process only);
-  recomputed when the question or its accepted answers change.
+  recomputed when the question or its accepted answers change. With the probe, also its
+  questions under base and lora (rows marked ``probe: true``).
 - ``DIR/probe.jsonl``: the forgetting probe, general questions unrelated to the knowledge base
   asked of base and lora (greedy) when a lora system runs.
 """
@@ -42,6 +43,7 @@ LIKELIHOOD = "likelihood.jsonl"
 PROBE = "probe.jsonl"
 MAIN, SAMPLED = "main", "sampled"  # the runs of results.jsonl
 PROBE_SYSTEMS = ("base", "lora")
+QA_SET, PROBE_SET = "qa", "probe"  # the questions a likelihood row scores
 DEFAULT_PROBE = Path(__file__).with_name("forgetting_probe.jsonl")
 
 
@@ -270,22 +272,25 @@ async def run_compare(
                 probe_wanted = [(i, s) for i in probe_items for s in PROBE_SYSTEMS]
                 probe_done = _reuse_probe(out / PROBE, probe_items, options)
         # the likelihood of the accepted answers under each system's prompt
-        lik_wanted: list[tuple[QAItem, str]] = []
-        lik_done: dict[tuple[str, str], dict[str, Any]] = {}
+        # (and of the probe's answers under base and lora: what the adapter does to answers
+        # it was not trained on, e.g. learning the short-answer format alone)
+        lik_wanted: list[tuple[QAItem, str, str]] = []
+        lik_done: dict[tuple[str, str, str], dict[str, Any]] = {}
         if options.likelihood:
-            lik_wanted = [(i, s) for i in items if i.answerable for s in systems]
-            lik_done = _reuse_likelihood(out / LIKELIHOOD, items)
-            if any((i.id, s) not in lik_done for i, s in lik_wanted):
+            lik_wanted = [(i, s, QA_SET) for i in items if i.answerable for s in systems]
+            lik_wanted += [(i, s, PROBE_SET) for i, s in probe_wanted]
+            lik_done = _reuse_likelihood(out / LIKELIHOOD, items, probe_items or [])
+            if any((i.id, s, n) not in lik_done for i, s, n in lik_wanted):
                 unavailable = await runner.prepare_likelihood()
                 if unavailable:
                     notes["likelihood"] = unavailable
                     logger.warning("event=likelihood_skipped reason=%r", unavailable)
-                    lik_wanted = [(i, s) for i, s in lik_wanted if (i.id, s) in lik_done]
+                    lik_wanted = [w for w in lik_wanted if (w[0].id, w[1], w[2]) in lik_done]
         total = len(wanted) + len(probe_wanted) + len(lik_wanted)
         reused_all = (
             reused
             + sum(1 for i, s in probe_wanted if (i.id, s) in probe_done)
-            + sum(1 for i, s in lik_wanted if (i.id, s) in lik_done)
+            + sum(1 for i, s, n in lik_wanted if (i.id, s, n) in lik_done)
         )
         if on_start:
             on_start(total, reused_all)
@@ -377,10 +382,12 @@ async def run_compare(
             how = Ask(
                 max_tokens=options.max_tokens, top_k=options.top_k, search_mode=options.search_mode
             )
-            for item, system in lik_wanted:
-                if (item.id, system) in lik_done:
+            for item, system, part in lik_wanted:
+                if (item.id, system, part) in lik_done:
                     continue
                 row = {**item.to_dict(), "system": system}
+                if part == PROBE_SET:
+                    row["probe"] = True
                 try:
                     row.update(await runner.likelihood(system, item.question, item.answers, how))
                 except Exception as exc:
@@ -394,7 +401,7 @@ async def run_compare(
                     row["error"] = f"{type(exc).__name__}: {exc}"[:500]
                 else:
                     counts["likelihood"] += 1
-                    lik_done[(item.id, system)] = row
+                    lik_done[(item.id, system, part)] = row
                 _append(handle, row, on_answer)
     finally:
         await runner.close()
@@ -419,7 +426,9 @@ async def run_compare(
         counts["failed"],
         wall,
         meta,
-        likelihood_rows=[lik_done[(i.id, s)] for i, s in lik_wanted if (i.id, s) in lik_done],
+        likelihood_rows=[
+            lik_done[(i.id, s, n)] for i, s, n in lik_wanted if (i.id, s, n) in lik_done
+        ],
         probe_rows=[probe_done[(i.id, s)] for i, s in probe_wanted if (i.id, s) in probe_done],
         probe_items=list(probe_items or []) if probe_wanted else [],
         notes=notes,
@@ -465,16 +474,24 @@ def _reuse_probe(
     return found
 
 
-def _reuse_likelihood(path: Path, items: list[QAItem]) -> dict[tuple[str, str], dict[str, Any]]:
+def likelihood_set(row: dict[str, Any]) -> str:
+    """Which questions a likelihood row scores: the comparison's, or the probe's."""
+    return PROBE_SET if row.get("probe") else QA_SET
+
+
+def _reuse_likelihood(
+    path: Path, items: list[QAItem], probe_items: list[QAItem]
+) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Likelihood rows already in ``path`` for today's questions and accepted answers."""
-    by_id = {i.id: i for i in items}
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+    by_set = {QA_SET: {i.id: i for i in items}, PROBE_SET: {i.id: i for i in probe_items}}
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in load_results(path):
-        item = by_id.get(str(row.get("id")))
+        part = likelihood_set(row)
+        item = by_set[part].get(str(row.get("id")))
         if row.get("error") or item is None:
             continue
         if row.get("question") == item.question and row.get("answers") == item.answers:
-            found[(item.id, str(row["system"]))] = row
+            found[(item.id, str(row["system"]), part)] = row
     return found
 
 

@@ -129,16 +129,22 @@ def forgetting_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]
     f = summary.get("forgetting")
     if not f:
         return header, []
-    return header, [
-        [
-            str(f["questions"]),
-            _ci_text(f["changed"]),
-            _ci_text(f["similarity"]),
-            _ci_text(f["contains"]["base"]),
-            _ci_text(f["contains"]["lora"]),
-            _ci_text(f["contains_difference"]),
-        ]
+    row = [
+        str(f["questions"]),
+        _ci_text(f["changed"]),
+        _ci_text(f["similarity"]),
+        _ci_text(f["contains"]["base"]),
+        _ci_text(f["contains"]["lora"]),
+        _ci_text(f["contains_difference"]),
     ]
+    if f.get("nll"):
+        header += ["base gold NLL", "lora gold NLL", "NLL lora - base"]
+        row += [
+            _raw_ci(f["nll"]["base"]),
+            _raw_ci(f["nll"]["lora"]),
+            _raw_ci(f.get("nll_difference")),
+        ]
+    return header, [row]
 
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -483,7 +489,10 @@ def _instrument_tables(
         f = summary["forgetting"]
         caption = (
             "General questions unrelated to the knowledge base, asked of base and lora "
-            "(greedy); in %. Changed: the lora answer is not identical to the base answer."
+            "(greedy); in %. Changed: the lora answer is not identical to the base answer. "
+            "Gold NLL (nats/token, when measured): a drop on these questions is what the "
+            "adapter does to answers it was not trained on (e.g. the answer format), the "
+            "control for its drop on the knowledge-base questions."
         )
         if f.get("examples"):
             caption += " Changed, e.g.: " + "; ".join(

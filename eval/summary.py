@@ -18,7 +18,7 @@ from statistics import mean
 from typing import Any
 
 from eval import metrics
-from eval.compare import MAIN, SAMPLED, run_of
+from eval.compare import MAIN, PROBE_SET, SAMPLED, likelihood_set, run_of
 from eval.data import QAItem
 
 MAIN_METRICS = ("em", "f1", "rouge_l", "bleu4", "contains")
@@ -67,7 +67,10 @@ METRIC_DOCS: dict[str, str] = {
     "forgetting": "Forgetting probe: general questions unrelated to the knowledge base, asked "
     "of base and lora (greedy). changed: share of questions whose lora answer is not identical "
     "to the base answer; similarity: mean token F1 between the two answers (language of the "
-    "question and answers); contains: probe accuracy of each.",
+    "question and answers); contains: probe accuracy of each; nll: gold-answer NLL of base "
+    "and lora on the probe (with likelihood on): a drop here is what the adapter does to "
+    "answers it was not trained on (e.g. the short-answer format), the control for the NLL "
+    "drop on the knowledge-base questions.",
 }
 
 
@@ -235,10 +238,14 @@ def sampled_summary(
 
 
 def forgetting(
-    rows: list[dict[str, Any]], opts: SummaryOptions, examples: int = 5
+    rows: list[dict[str, Any]],
+    opts: SummaryOptions,
+    examples: int = 5,
+    likelihood_rows: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """How much the adapter changed answers that should not change: base vs lora on the
-    probe's general questions (one greedy answer each)."""
+    probe's general questions (one greedy answer each); with ``likelihood_rows`` (the probe's
+    rows of likelihood.jsonl) also the gold-answer NLL of base and lora on them."""
     pairs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
         if not row.get("error"):
@@ -260,8 +267,17 @@ def forgetting(
             shown.append(
                 {"id": qid, "question": pair["base"]["question"], "base": base, "lora": lora}
             )
+    nll: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in likelihood_rows or []:
+        if row.get("nll") is not None and str(row["id"]) in both:
+            nll[str(row["system"])][str(row["id"])] = float(row["nll"])
+    paired_nll = sorted(set(nll["base"]) & set(nll["lora"]))
     return {
         "questions": len(both),
+        "nll": {s: _ci(list(nll[s].values()), opts) for s in ("base", "lora")}
+        if paired_nll
+        else None,
+        "nll_difference": _ci([nll["lora"][q] - nll["base"][q] for q in paired_nll], opts),
         "changed": _ci(changed, opts),
         "changed_questions": int(sum(changed)),
         "similarity": _ci(similar, opts),
@@ -357,7 +373,10 @@ def summarize(
     grouped = _by_system_question([r for r in mine if run_of(r) == MAIN])
     sampled = _by_system_question([r for r in mine if run_of(r) == SAMPLED])
     nll_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    probe_nll = [r for r in likelihood_rows or [] if likelihood_set(r) == PROBE_SET]
     for row in likelihood_rows or []:
+        if likelihood_set(row) == PROBE_SET:
+            continue
         item = by_id.get(str(row.get("id")))
         if item is not None and item.answerable and not row.get("error"):
             nll_rows[str(row["system"])].append(row)
@@ -390,7 +409,7 @@ def summarize(
         "paired": pairs,
         "disagreements": disagreements(grouped, present, by_id, opts.disagreements),
         "bootstrap": {"samples": opts.samples, "level": opts.level, "seed": opts.seed},
-        "forgetting": forgetting(probe_rows or [], opts),
+        "forgetting": forgetting(probe_rows or [], opts, likelihood_rows=probe_nll),
         "notes": notes or {},
         "metrics": METRIC_DOCS,
     }

@@ -305,7 +305,16 @@ def report_cmd(
     """Rebuild summary.json and the reports from OUT/results.jsonl (e.g. after an interrupt)."""
     from rich.console import Console
 
-    from eval.compare import LIKELIHOOD, PROBE, RESULTS, RUN, SAMPLED, load_results, run_of
+    from eval.compare import (
+        LIKELIHOOD,
+        PROBE,
+        RESULTS,
+        RUN,
+        SAMPLED,
+        likelihood_set,
+        load_results,
+        run_of,
+    )
     from eval.data import QAItem
     from eval.report import rich_table, write_reports
     from eval.summary import SummaryOptions, summarize
@@ -337,7 +346,11 @@ def report_cmd(
         latest[(row["id"], row["system"], int(row["repeat"]), run_of(row))] = row
 
     def last_per_question(name: str) -> list[dict[str, Any]]:
-        found = {(r["id"], r["system"]): r for r in load_results(out / name) if not r.get("error")}
+        found = {
+            (r["id"], r["system"], likelihood_set(r)): r
+            for r in load_results(out / name)
+            if not r.get("error")
+        }
         return list(found.values())
 
     ev = settings.eval

@@ -214,8 +214,11 @@ def test_compare_in_process_files_consistency_and_resume(setup: dict) -> None:
     assert "| system |" in (out / "report.md").read_text()
 
     # gold-answer likelihood: every answerable question under each system's own prompt
-    assert "likelihood_scored=12" in first.output
-    likelihood = [json.loads(line) for line in (out / "likelihood.jsonl").read_text().splitlines()]
+    # (3 questions x 4 systems, and the 30 probe questions under base and lora)
+    assert "likelihood_scored=72" in first.output
+    lines = (out / "likelihood.jsonl").read_text().splitlines()
+    likelihood = [r for r in map(json.loads, lines) if not r.get("probe")]
+    assert len(lines) == 72 and len(likelihood) == 12
     assert {(r["id"], r["system"]) for r in likelihood} == {
         (q["id"], s) for q in QA for s in SYSTEMS
     }
@@ -240,6 +243,7 @@ def test_compare_in_process_files_consistency_and_resume(setup: dict) -> None:
     assert "probe_asked=60" in first.output
     forgetting = summary["forgetting"]
     assert forgetting["questions"] == 30
+    assert forgetting["nll"]["base"]["mean"] > 0 and forgetting["nll_difference"] is not None
     assert 0 <= forgetting["changed"]["low"] <= forgetting["changed"]["high"] <= 1
     assert (out / "instruments.png").stat().st_size > 1000
     assert "Forgetting probe" in html and "Gold-answer likelihood" in html

@@ -126,11 +126,12 @@ def test_zero_adapter_changes_no_probe_answer_nor_likelihood(
     items = [QAItem("q1", QUESTION, ["Paris"])]
     out = tmp_path / "out"
     run = asyncio.run(run_compare(items, runner, options, out, probe_items=probe[:4]))
-    assert run.failed == 0 and run.probe_asked == 8 and run.likelihood_scored == 2
+    # likelihood: the question under base and lora, and the 4 probe questions under both
+    assert run.failed == 0 and run.probe_asked == 8 and run.likelihood_scored == 2 + 8
     assert {(r["id"], r["system"]) for r in run.probe_rows} == {
         (i.id, s) for i in probe[:4] for s in ("base", "lora")
     }
-    nll = {r["system"]: r["nll"] for r in run.likelihood_rows}
+    nll = {r["system"]: r["nll"] for r in run.likelihood_rows if not r.get("probe")}
     assert nll["lora"] == pytest.approx(nll["base"], abs=1e-6)
     summary = summarize(
         run.rows,
@@ -144,6 +145,8 @@ def test_zero_adapter_changes_no_probe_answer_nor_likelihood(
     assert f["questions"] == 4 and f["changed"]["mean"] == 0.0 and f["changed_questions"] == 0
     assert f["similarity"]["mean"] == 1.0
     assert f["contains"]["base"] == f["contains"]["lora"]
+    assert f["nll"]["base"]["mean"] == pytest.approx(f["nll"]["lora"]["mean"], abs=1e-6)
+    assert f["nll_difference"]["mean"] == pytest.approx(0.0, abs=1e-6)
     assert summary["systems"]["base"]["likelihood"]["scored"] == 1
 
     # resumed: nothing asked or scored again (a fresh runner: the first one was closed)
@@ -324,3 +327,18 @@ def test_sampled_run_follows_the_main_run_and_resumes(tmp_path: Path) -> None:
     )
     assert third.asked == 20 and {t for *_, t in hotter.asked} == {1.0}
     assert third.reused == 8
+
+    # `kbqa eval report` rebuilds the summary from the files: the sampled rows of the last
+    # sampling options only, and the probe
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    result = CliRunner().invoke(cli, ["eval", "report", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rebuilt = json.loads((tmp_path / "summary.json").read_text())
+    lora = rebuilt["systems"]["lora"]
+    assert lora["answers"] == 4 and lora["sampled"]["temperature"] == 1.0
+    assert lora["sampled"]["mixed_correctness"] == 1.0 and lora["sampled"]["repeats"] == 5
+    assert rebuilt["forgetting"]["questions"] == 1
+    assert rebuilt["forgetting"]["changed"]["mean"] == 0.0
