@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from app.llm.device import pick_device, pick_training_precision
 from app.llm.models import ResolvedModel, resolve_model
 from app.llm.prompting import render_prompt
 from app.settings.finetune import FinetuneSettings
@@ -169,30 +170,6 @@ class PadCollator:
 
 
 # ----------------------------------------------------------------------------- runtime
-
-
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_precision(requested: str, device: str) -> str:
-    import torch
-
-    if requested != "auto":
-        if requested in {"fp16", "bf16"} and device == "cpu":
-            raise ConfigError(f"precision={requested} needs CUDA; use fp32 on CPU")
-        return requested
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
 
 
 def peak_memory() -> dict[str, int | None]:
@@ -386,13 +363,12 @@ def _run(
     callbacks: Sequence[Any],
     overrides: dict[str, Any] | None,
 ) -> TrainResult:
-    """The phases after the config: data, model, train, outputs."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    """The phases after the config: data, model, resolved config, train, outputs."""
+    from transformers import set_seed
 
     set_seed(settings.seed)
     device = pick_device(settings.device)
-    precision = pick_precision(settings.precision, device)
+    precision = pick_training_precision(settings.precision, device)
     if settings.quantization == "4bit" and device != "cuda":
         raise ConfigError("quantization=4bit (QLoRA) needs CUDA")
     grad_ckpt = (
@@ -400,8 +376,61 @@ def _run(
         if settings.gradient_checkpointing is not None
         else device == "cuda"
     )
+    tokenizer, train_rows, eval_rows, skipped = _encode_data(
+        resolved, data, eval_data, chat_template, settings
+    )
+    peft_model, targets, model_type = _lora_model(resolved, settings, precision, grad_ckpt)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    # the resolved config goes into the output dir before training: resume reads it
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume or overrides:
+        config = {
+            "model": model,
+            "model_path": str(resolved.path),
+            "model_type": model_type,
+            "data": str(Path(data).resolve()),
+            "eval": str(Path(eval_data).resolve()) if eval_data else None,
+            "chat_template_override": chat_template,
+            "device": device,
+            "precision": precision,
+            "gradient_checkpointing": grad_ckpt,
+            "target_modules": targets,
+            "train_examples": len(train_rows),
+            "eval_examples": len(eval_rows) if eval_rows else 0,
+            "skipped_examples": skipped,
+            "trainable_params": int(trainable),
+            "total_params": int(total),
+            "finetune": settings.model_dump(mode="json"),
+            **({"resumed_with": dict(overrides or {})} if resume else {}),
+        }
+        (out / CONFIG_FILE).write_text(
+            yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
+    logger.info(
+        "event=finetune_start model=%s device=%s precision=%s examples=%d trainable=%d "
+        "targets=%s resume_from=%s",
+        model,
+        device,
+        precision,
+        len(train_rows),
+        trainable,
+        targets,
+        checkpoint or "-",
+    )
+    run = _Training(out, settings, device, precision, grad_ckpt, train_rows, eval_rows, skipped)
+    return run.train(peft_model, tokenizer, resolved, checkpoint, callbacks)
 
-    # --- phase: data
+
+def _encode_data(
+    resolved: ResolvedModel,
+    data: Path,
+    eval_data: Path | None,
+    chat_template: str | None,
+    settings: FinetuneSettings,
+) -> tuple[Any, list[dict[str, list[int]]], list[dict[str, list[int]]] | None, int]:
+    """The tokenizer, the encoded train (and eval) examples, and how many were skipped."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -417,8 +446,17 @@ def _run(
         logger.warning(
             "event=examples_skipped count=%d reason=answer_longer_than_max_length", skipped
         )
+    return tokenizer, train_rows, eval_rows, skipped
 
-    # --- phase: model
+
+def _lora_model(
+    resolved: ResolvedModel, settings: FinetuneSettings, precision: str, grad_ckpt: bool
+) -> tuple[Any, list[str] | str, str]:
+    """The base model (4-bit on CUDA for QLoRA) wrapped in LoRA, the target modules and the
+    base model's type."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     load_kwargs: dict[str, Any] = {"dtype": dtype}
     if settings.quantization == "4bit":
@@ -452,141 +490,133 @@ def _run(
         lora_dropout=settings.dropout,
         target_modules=targets,
     )
-    peft_model = get_peft_model(base, lora)
-    trainable, total = peft_model.get_nb_trainable_parameters()
+    return get_peft_model(base, lora), targets, str(base.config.model_type)
 
-    # --- phase: resolved config into the output dir (before training: resume reads it)
-    out.mkdir(parents=True, exist_ok=True)
-    resolved_config = {
-        "model": model,
-        "model_path": str(resolved.path),
-        "model_type": base.config.model_type,
-        "data": str(Path(data).resolve()),
-        "eval": str(Path(eval_data).resolve()) if eval_data else None,
-        "chat_template_override": chat_template,
-        "device": device,
-        "precision": precision,
-        "gradient_checkpointing": grad_ckpt,
-        "target_modules": targets,
-        "train_examples": len(train_rows),
-        "eval_examples": len(eval_rows) if eval_rows else 0,
-        "skipped_examples": skipped,
-        "trainable_params": int(trainable),
-        "total_params": int(total),
-        "finetune": settings.model_dump(mode="json"),
-    }
-    if not resume or overrides:
-        if resume:
-            resolved_config["resumed_with"] = dict(overrides or {})
-        (out / CONFIG_FILE).write_text(
-            yaml.safe_dump(resolved_config, allow_unicode=True, sort_keys=False), encoding="utf-8"
+
+@dataclass
+class _Training:
+    """The Trainer run of one LoRA model and what it writes when it ends."""
+
+    out: Path
+    settings: FinetuneSettings
+    device: str
+    precision: str
+    grad_ckpt: bool
+    train_rows: list[dict[str, list[int]]]
+    eval_rows: list[dict[str, list[int]]] | None
+    skipped: int
+
+    def arguments(self) -> Any:
+        from transformers import TrainingArguments
+
+        s = self.settings
+        eval_steps = s.eval_steps or s.save_steps
+        return TrainingArguments(
+            output_dir=str(self.out / CHECKPOINTS),
+            per_device_train_batch_size=s.batch_size,
+            per_device_eval_batch_size=s.batch_size,
+            gradient_accumulation_steps=s.gradient_accumulation,
+            learning_rate=s.learning_rate,
+            lr_scheduler_type=s.lr_scheduler,
+            warmup_steps=s.warmup_ratio,
+            weight_decay=s.weight_decay,
+            max_grad_norm=s.max_grad_norm,
+            num_train_epochs=s.epochs,
+            max_steps=s.max_steps,
+            logging_steps=s.logging_steps,
+            save_strategy="steps",
+            save_steps=s.save_steps,
+            save_total_limit=s.save_total_limit,
+            eval_strategy="steps" if self.eval_rows else "no",
+            eval_steps=eval_steps if self.eval_rows else None,
+            seed=s.seed,
+            bf16=self.precision == "bf16",
+            fp16=self.precision == "fp16",
+            activation_checkpointing=self.grad_ckpt,
+            activation_checkpointing_kwargs={"use_reentrant": False} if self.grad_ckpt else None,
+            use_cpu=self.device == "cpu",
+            report_to=[],
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
         )
-    logger.info(
-        "event=finetune_start model=%s device=%s precision=%s examples=%d trainable=%d "
-        "targets=%s resume_from=%s",
-        model,
-        device,
-        precision,
-        len(train_rows),
-        trainable,
-        targets,
-        checkpoint or "-",
-    )
 
-    # --- phase: train
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    def train(
+        self,
+        peft_model: Any,
+        tokenizer: Any,
+        resolved: ResolvedModel,
+        checkpoint: Path | None,
+        callbacks: Sequence[Any],
+    ) -> TrainResult:
+        from transformers import PrinterCallback, Trainer
 
-    from finetune.progress import LogCallback
+        from finetune.progress import LogCallback
 
-    eval_steps = settings.eval_steps or settings.save_steps
-    args = TrainingArguments(
-        output_dir=str(out / CHECKPOINTS),
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler,
-        warmup_steps=settings.warmup_ratio,
-        weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        logging_steps=settings.logging_steps,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=settings.save_total_limit,
-        eval_strategy="steps" if eval_rows else "no",
-        eval_steps=eval_steps if eval_rows else None,
-        seed=settings.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        activation_checkpointing=grad_ckpt,
-        activation_checkpointing_kwargs={"use_reentrant": False} if grad_ckpt else None,
-        use_cpu=device == "cpu",
-        report_to=[],
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-    )
-    interrupt = _Interrupt()
-    trainer = Trainer(
-        model=peft_model,
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        data_collator=PadCollator(int(tokenizer.pad_token_id)),
-        processing_class=tokenizer,
-        callbacks=[_interrupt_callback(interrupt), LogCallback(), *callbacks],
-    )
-    trainer.remove_callback(PrinterCallback)
-    start = time.perf_counter()
-    with interrupt:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    step = trainer.state.global_step
-    if interrupt.requested:
-        saved_ckpt = last_checkpoint(out)
-        logger.warning("event=finetune_interrupted step=%d checkpoint=%s", step, saved_ckpt)
-        return TrainResult(out, step, True, saved_ckpt, skipped=skipped)
+        interrupt = _Interrupt()
+        trainer = Trainer(
+            model=peft_model,
+            args=self.arguments(),
+            train_dataset=self.train_rows,
+            eval_dataset=self.eval_rows,
+            data_collator=PadCollator(int(tokenizer.pad_token_id)),
+            processing_class=tokenizer,
+            callbacks=[_interrupt_callback(interrupt), LogCallback(), *callbacks],
+        )
+        trainer.remove_callback(PrinterCallback)
+        start = time.perf_counter()
+        with interrupt:
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        step = trainer.state.global_step
+        if interrupt.requested:
+            saved_ckpt = last_checkpoint(self.out)
+            logger.warning("event=finetune_interrupted step=%d checkpoint=%s", step, saved_ckpt)
+            return TrainResult(self.out, step, True, saved_ckpt, skipped=self.skipped)
+        peft_model.save_pretrained(str(self.out))
+        if resolved.chat_template and not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = resolved.chat_template
+        tokenizer.save_pretrained(str(self.out))
+        metrics = self.metrics(trainer, output, time.perf_counter() - start, checkpoint)
+        (self.out / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        plot_loss(metrics["train"], metrics["eval"], self.out / PLOT_FILE)
+        logger.info(
+            "event=finetune_done out=%s step=%d samples_per_s=%s peak_rss_mb=%.0f",
+            self.out,
+            step,
+            metrics["train_samples_per_second"],
+            (metrics["peak_rss_bytes"] or 0) / 2**20,
+        )
+        return TrainResult(self.out, step, False, last_checkpoint(self.out), metrics, self.skipped)
 
-    # --- phase: outputs
-    _, evals_so_far = split_log_history(trainer.state.log_history)
-    if evals_so_far and evals_so_far[-1].get("step") == step:
-        final_eval = {"eval_loss": evals_so_far[-1]["eval_loss"]}  # evaluated at this very step
-    else:
-        final_eval = trainer.evaluate() if eval_rows else {}
-    peft_model.save_pretrained(str(out))
-    if resolved.chat_template and not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = resolved.chat_template
-    tokenizer.save_pretrained(str(out))
-    train_log, eval_log = split_log_history(trainer.state.log_history)
-    metrics: dict[str, Any] = {
-        "global_step": step,
-        "epochs": trainer.state.epoch,
-        "train_runtime_s": output.metrics.get("train_runtime"),
-        "train_samples_per_second": output.metrics.get("train_samples_per_second"),
-        "train_steps_per_second": output.metrics.get("train_steps_per_second"),
-        "train_loss_mean": output.metrics.get("train_loss"),
-        "final_eval_loss": final_eval.get("eval_loss"),
-        "wall_s": round(time.perf_counter() - start, 3),
-        "resumed_from_step": _checkpoint_step(checkpoint),
-        "train_examples": len(train_rows),
-        "skipped_examples": skipped,
-        "device": device,
-        "precision": precision,
-        **peak_memory(),
-        "train": train_log,
-        "eval": eval_log,
-    }
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    plot_loss(train_log, eval_log, out / PLOT_FILE)
-    logger.info(
-        "event=finetune_done out=%s step=%d samples_per_s=%s peak_rss_mb=%.0f",
-        out,
-        step,
-        metrics["train_samples_per_second"],
-        (metrics["peak_rss_bytes"] or 0) / 2**20,
-    )
-    return TrainResult(out, step, False, last_checkpoint(out), metrics, skipped)
+    def metrics(
+        self, trainer: Any, output: Any, wall_s: float, checkpoint: Path | None
+    ) -> dict[str, Any]:
+        """metrics.json: the run's figures, the loss history and the final eval loss."""
+        step = trainer.state.global_step
+        _, evals_so_far = split_log_history(trainer.state.log_history)
+        if evals_so_far and evals_so_far[-1].get("step") == step:
+            final_eval = {"eval_loss": evals_so_far[-1]["eval_loss"]}  # evaluated at this step
+        else:
+            final_eval = trainer.evaluate() if self.eval_rows else {}
+        train_log, eval_log = split_log_history(trainer.state.log_history)
+        return {
+            "global_step": step,
+            "epochs": trainer.state.epoch,
+            "train_runtime_s": output.metrics.get("train_runtime"),
+            "train_samples_per_second": output.metrics.get("train_samples_per_second"),
+            "train_steps_per_second": output.metrics.get("train_steps_per_second"),
+            "train_loss_mean": output.metrics.get("train_loss"),
+            "final_eval_loss": final_eval.get("eval_loss"),
+            "wall_s": round(wall_s, 3),
+            "resumed_from_step": _checkpoint_step(checkpoint),
+            "train_examples": len(self.train_rows),
+            "skipped_examples": self.skipped,
+            "device": self.device,
+            "precision": self.precision,
+            **peak_memory(),
+            "train": train_log,
+            "eval": eval_log,
+        }
 
 
 def _checkpoint_step(checkpoint: Path | None) -> int | None:

@@ -76,71 +76,37 @@ def _nested(flat: dict[str, Any]) -> dict[str, Any]:
 def _kb_examples(
     settings: Settings, kb: str, generate: bool, ft: FinetuneSettings
 ) -> tuple[list[Any], Any]:
-    """Knowledge-injection examples of a knowledge base (+ LLM-written QA pairs), and the
-    generation's result (None without ``generate``)."""
-    from finetune.kb import chunk_examples, read_chunks, spread
-    from ingest.errors import IngestError
-    from ingest.service import KnowledgeBaseService
-
-    service = KnowledgeBaseService.from_settings(settings)
-    try:
-        chunks = read_chunks(service, kb)
-    except IngestError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        service.close()
-    if not chunks:
-        raise _fail(f"knowledge base {kb!r} has no ready chunks; ingest documents first")
-    chunks = spread(chunks, ft.data.kb_max_chunks)
-    examples = chunk_examples(chunks, ft.data)
-    if not generate:
-        return examples, None
-    generated = _generate_qa(settings, chunks, ft)
-    return examples + generated.examples, generated
-
-
-def _generate_qa(settings: Settings, chunks: list[Any], ft: FinetuneSettings) -> Any:
-    import asyncio
-
+    """Knowledge-injection examples of a knowledge base (+ LLM-written QA pairs, with a
+    progress bar), and the generation's result (None without ``generate``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from app.llm.base import ChatMessage, GenerationParams, LLMError
-    from app.services.factory import build_llm
-    from finetune.kb import generate_qa
+    from finetune.data import DataError
+    from finetune.kb import chunk_examples
+    from finetune.kb_data import generate_with_configured_llm, load_chunks
 
-    loop = asyncio.new_event_loop()
     try:
-        try:
-            llm = loop.run_until_complete(build_llm(settings))
-        except (LLMError, OSError, ImportError) as exc:
-            raise _fail(f"--generate-qa: the configured LLM did not load: {exc}") from exc
-        if llm is None:
-            raise _fail("--generate-qa needs an LLM: llm.backend is `none`")
-        params = GenerationParams(max_tokens=ft.data.generate_qa_max_tokens, temperature=0.0)
-
-        def ask(prompt: str) -> str:
-            messages = [ChatMessage("user", prompt)]
-            return loop.run_until_complete(llm.complete(messages, params)).text
-
+        chunks = load_chunks(settings, kb, ft.data)
+        examples = chunk_examples(chunks, ft.data)
+        if not generate:
+            return examples, None
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("pairs {task.fields[kept]}  skipped {task.fields[skipped]}"),
+            TextColumn("pairs {task.fields[kept]}  dropped {task.fields[dropped]}"),
         ) as progress:
-            task = progress.add_task("generate-qa", total=len(chunks), kept=0, skipped=0)
-            totals = {"kept": 0, "skipped": 0}
+            task = progress.add_task("generate-qa", total=len(chunks), kept=0, dropped=0)
+            totals = {"kept": 0, "dropped": 0}
 
-            def on_chunk(kept: int, skipped: int) -> None:
+            def on_chunk(kept: int, dropped: int) -> None:
                 totals["kept"] += kept
-                totals["skipped"] += skipped
-                progress.update(task, advance=1, kept=totals["kept"], skipped=totals["skipped"])
+                totals["dropped"] += dropped
+                progress.update(task, advance=1, kept=totals["kept"], dropped=totals["dropped"])
 
-            result = generate_qa(chunks, ask, ft.data, on_chunk)
-        llm.close()
-        return result
-    finally:
-        loop.close()
+            generated = generate_with_configured_llm(settings, chunks, ft.data, on_chunk)
+    except DataError as exc:
+        raise _fail(str(exc)) from exc
+    return examples + generated.examples, generated
 
 
 @finetune_app.command("data")

@@ -11,7 +11,8 @@ The transformers backend calls, in this order::
         model.to(device)
 
 Every function is small and takes its inputs explicitly, so each decision is unit-tested on a
-CPU machine with the availability of CUDA/MPS monkeypatched.
+CPU machine with the availability of CUDA/MPS monkeypatched. LoRA training (finetune/train.py)
+picks its device and mixed precision here too (``pick_device``, ``pick_training_precision``).
 """
 
 from __future__ import annotations
@@ -117,6 +118,20 @@ def pick_dtype(setting: str, device: str) -> torch.dtype:
     if device in {"cuda", "mps"}:
         return torch.float16
     return torch.float32
+
+
+def pick_training_precision(setting: str, device: str) -> str:
+    """Mixed precision of a LoRA training run (``finetune.precision``): ``auto`` is bf16 on a
+    CUDA GPU that has it, else fp16 on CUDA, fp32 elsewhere; fp16/bf16 need CUDA."""
+    if setting != "auto":
+        if setting in {"fp16", "bf16"} and device != "cuda":
+            raise DeviceError(f"finetune.precision={setting} needs CUDA; use fp32 on {device}")
+        return setting
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 # ----------------------------------------------------------------------------- kwargs

@@ -25,6 +25,7 @@ from app.llm.device import (
     parse_max_memory,
     pick_device,
     pick_dtype,
+    pick_training_precision,
 )
 from app.settings.llm import LLMSettings
 
@@ -202,3 +203,20 @@ def test_check_memory_shortage_on_cpu_with_monkeypatched_ram(
     monkeypatch.setattr(psutil, "virtual_memory", lambda: FakeVirtualMemory())
     with pytest.raises(InsufficientMemoryError, match="RAM"):
         check_memory(_tiny_safetensors(tmp_path, 1000), torch.float32, "cpu")
+
+
+def test_training_precision_with_monkeypatched_bf16_support(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """finetune.precision: auto is fp32 off CUDA, bf16 on a CUDA GPU that has it, else fp16;
+    fp16/bf16 asked for on a CPU or MPS are refused with the way out."""
+    assert pick_training_precision("auto", "cpu") == "fp32"
+    assert pick_training_precision("auto", "mps") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert pick_training_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert pick_training_precision("auto", "cuda") == "fp16"
+    assert pick_training_precision("fp16", "cuda") == "fp16"
+    for device in ("cpu", "mps"):
+        with pytest.raises(DeviceError, match="use fp32"):
+            pick_training_precision("bf16", device)
