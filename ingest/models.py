@@ -102,3 +102,4 @@ class UploadResult:
     job: Job | None = None
     error: str | None = None
     error_kind: str | None = None  # the IngestError subclass name when rejected
+    duplicate_of: str | None = None  # a duplicate: the name the same bytes are stored under

@@ -199,10 +199,12 @@ class KnowledgeBaseService:
         """Store one file and queue its job; the same bytes again are a duplicate."""
         self.open_kb(kb)
         clean = self.check_upload(filename, len(data))
+        if not data:  # nothing to ingest, and every empty file has the same (content) id
+            raise DocumentError(f"{clean}: the file is empty (0 bytes); nothing to ingest")
         doc_id = hashlib.sha256(data).hexdigest()
         existing = self.catalog.get_document(kb, doc_id)
         if existing is not None and existing.status != "failed":
-            return UploadResult(clean, "duplicate", doc_id=doc_id)
+            return UploadResult(clean, "duplicate", doc_id=doc_id, duplicate_of=existing.filename)
         folder = self.files_dir / kb
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{doc_id}{PurePosixPath(clean.lower()).suffix}"

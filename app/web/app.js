@@ -631,6 +631,7 @@
         } else {
           item.phase = result.status;
           item.error = result.error;
+          item.duplicateOf = result.duplicate_of || null;
         }
       });
       renderUploads();
@@ -728,7 +729,9 @@
       case "failed":
         return t("upload.failed", { error: item.error || "" });
       case "duplicate":
-        return t("upload.duplicate");
+        return item.duplicateOf
+          ? t("upload.duplicateOf", { name: item.duplicateOf })
+          : t("upload.duplicate");
       case "rejected":
         return t("upload.rejected", { error: item.error || "" });
       default:

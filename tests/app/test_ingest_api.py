@@ -67,22 +67,25 @@ def test_knowledge_base_lifecycle_over_http(server: str) -> None:
         items = {i["filename"]: i for i in response.json()["data"]}
         assert items["tool.exe"]["status"] == "rejected"
         assert ".pdf" in items["tool.exe"]["error"]
+        # an empty file is refused at upload, with its reason (no job, no stored bytes)
+        assert items["empty.txt"]["status"] == "rejected"
+        assert "the file is empty" in items["empty.txt"]["error"]
         jobs = {
             name: _wait_job(client, items[name]["job"]["id"])
             for name in items
-            if name != "tool.exe"
+            if items[name]["status"] == "queued"
         }
         assert jobs["panda.txt"]["state"] == "succeeded" and jobs["panda.txt"]["chunks"] == 1
         assert jobs["std.md"]["progress_done"] == jobs["std.md"]["progress_total"] == 1
-        assert jobs["empty.txt"]["state"] == "failed" and "empty" in jobs["empty.txt"]["error"]
         listed = client.get("/v1/jobs", params={"kb": "docs"}).json()["data"]
-        assert {j["filename"] for j in listed} == {"panda.txt", "std.md", "empty.txt"}
+        assert {j["filename"] for j in listed} == {"panda.txt", "std.md"}
 
         dup = client.post(
             "/v1/knowledge_bases/docs/documents",
             files=[("files", ("copy.txt", "大熊猫以竹子为食，生活在四川的山林里。".encode("gbk")))],
         )
         assert dup.status_code == 202 and dup.json()["data"][0]["status"] == "duplicate"
+        assert dup.json()["data"][0]["duplicate_of"] == "panda.txt"  # the name it is listed as
 
         search = client.post(
             "/v1/knowledge_bases/docs/search", json={"query": "熊猫吃什么", "top_k": 1}
@@ -98,7 +101,7 @@ def test_knowledge_base_lifecycle_over_http(server: str) -> None:
             assert r.json()["data"][0]["metadata"]["heading_path"] == ["身份鉴别"]
 
         kbs = client.get("/v1/knowledge_bases").json()["data"]
-        assert [(k["name"], k["documents"], k["chunks"]) for k in kbs] == [("docs", 3, 2)]
+        assert [(k["name"], k["documents"], k["chunks"]) for k in kbs] == [("docs", 2, 2)]
         docs = client.get("/v1/knowledge_bases/docs/documents").json()["data"]
         panda = next(d for d in docs if d["filename"] == "panda.txt")
         assert panda["status"] == "ready" and panda["size"] > 0 and len(panda["sha256"]) == 64

@@ -16,7 +16,7 @@ from conftest import huge_docx, make_docx, make_pdf, make_settings, merged_table
 
 from ingest.catalog import Catalog
 from ingest.embeddings import NamedEmbeddings
-from ingest.errors import EmbeddingMismatchError, InvalidNameError, NotFoundError
+from ingest.errors import DocumentError, EmbeddingMismatchError, InvalidNameError, NotFoundError
 from ingest.models import Job, SearchMode
 from ingest.service import KnowledgeBaseService, rrf
 from ingest.worker import Worker
@@ -60,9 +60,12 @@ def test_ingest_and_search_modes(service: KnowledgeBaseService) -> None:
 def test_duplicate_replace_delete(service: KnowledgeBaseService) -> None:
     service.create_kb("kb2")
     first = _ingest(service, "kb2", "notes.md", "# 说明\n旧版本：苹果是红色的。".encode())
-    assert service.upload("kb2", "again.md", "# 说明\n旧版本：苹果是红色的。".encode()).status == (
-        "duplicate"
-    )
+    again = service.upload("kb2", "again.md", "# 说明\n旧版本：苹果是红色的。".encode())
+    assert (again.status, again.duplicate_of) == ("duplicate", "notes.md")
+    # empty files are refused at upload: they would all share one (content) id
+    for name in ("empty.txt", "zero.pdf"):
+        with pytest.raises(DocumentError, match=f"{name}: the file is empty"):
+            service.upload("kb2", name, b"")
     second = _ingest(service, "kb2", "notes.md", "# 说明\n新版本：香蕉是黄色的。".encode())
     docs = service.list_documents("kb2")
     assert [d.doc_id for d in docs] == [second]

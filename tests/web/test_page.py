@@ -181,6 +181,8 @@ def test_kb_upload_chat_refusal_delete(
             const dt = new DataTransfer();
             dt.items.add(new File([text], name, { type: 'text/plain' }));
             dt.items.add(new File([''], 'empty.txt', { type: 'text/plain' }));
+            dt.items.add(new File([text], 'copy.txt', { type: 'text/plain' }));
+            dt.items.add(new File(['not a zip at all'], 'broken.docx'));
             const zone = document.getElementById('dropzone');
             for (const type of ['dragenter', 'dragover', 'drop']) {
                 zone.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true,
@@ -192,13 +194,22 @@ def test_kb_upload_chat_refusal_delete(
     page.locator('li.upload[data-filename="notes.txt"][data-state="succeeded"]').wait_for(
         timeout=120_000
     )
-    failed = page.locator('li.upload[data-filename="empty.txt"][data-state="failed"]')
-    failed.wait_for(timeout=120_000)
-    assert "failed: " in failed.inner_text() and "empty" in failed.inner_text()
+    # an empty file is refused at upload, with the reason on its line; it is not listed
+    rejected = page.locator('li.upload[data-filename="empty.txt"][data-state="rejected"]')
+    rejected.wait_for(timeout=120_000)
+    assert "rejected: " in rejected.inner_text() and "empty" in rejected.inner_text()
+    # the same bytes under another name: a duplicate, saying which name it is listed as
+    copy = page.locator('li.upload[data-filename="copy.txt"][data-state="duplicate"]')
+    assert "already in the knowledge base as notes.txt" in copy.inner_text()
+    # a file that fails its job is listed, failed, with the reason
+    page.locator('li.upload[data-filename="broken.docx"][data-state="failed"]').wait_for(
+        timeout=120_000
+    )
     page.locator("#docs li.doc.status-ready").nth(2).wait_for()
     names = page.locator("#docs li.doc").evaluate_all("els => els.map(e => e.dataset.filename)")
-    assert sorted(names) == ["empty.txt", "greenhouse.pdf", "notes.txt", "reactor.md"]
-    assert "empty" in page.locator('li.doc[data-filename="empty.txt"] .doc-error').inner_text()
+    assert sorted(names) == ["broken.docx", "greenhouse.pdf", "notes.txt", "reactor.md"]
+    error = page.locator('li.doc[data-filename="broken.docx"] .doc-error').inner_text()
+    assert "not a valid DOCX" in error
     page.locator('.kb-item[data-kb="manuals"] small', has_text="4 docs").wait_for()
 
     # a document's chunks

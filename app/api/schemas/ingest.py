@@ -98,6 +98,11 @@ class UploadItem(BaseModel):
     doc_id: str | None = None
     job: JobOut | None = None
     error: str | None = None
+    duplicate_of: str | None = Field(
+        None,
+        description="`duplicate`: the file name the same bytes are in the knowledge base under "
+        "(the document list shows that name).",
+    )
 
     @classmethod
     def of(cls, result: UploadResult) -> UploadItem:
@@ -107,6 +112,7 @@ class UploadItem(BaseModel):
             doc_id=result.doc_id,
             job=JobOut.of(result.job) if result.job else None,
             error=result.error,
+            duplicate_of=result.duplicate_of,
         )
 
 
