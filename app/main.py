@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
+from app.api.limits import BodyLimitMiddleware
 from app.api.router import api_router
 from app.api.routes import web
 from app.services.container import Services
@@ -56,6 +57,12 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    # outermost: a body over the limit is refused before anything reads it
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.server.max_body_bytes,
+        max_upload_bytes=settings.server.max_upload_bytes,
+    )
     install_error_handlers(app)
     app.include_router(api_router)
     if settings.server.web:

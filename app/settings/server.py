@@ -14,6 +14,20 @@ class ServerSettings(Section):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (empty: same origin only)."
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body of every route but uploads (bytes): a declared "
+        "Content-Length over it is refused (413) before the body is read, a chunked body as "
+        "soon as it passes it. 8 MiB holds any chat or embedding request within the other "
+        "limits.",
+    )
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="Largest multipart (upload) request body (bytes), all files together; each "
+        "file is also held to `ingest.max_file_bytes`.",
+    )
     web: bool = Field(
         True,
         description="Serve the web page (chat with sources, knowledge bases, uploads) at `/`. "

@@ -1,0 +1,99 @@
+"""Request bodies are bounded before any route reads them (app/api/limits.py), on a real
+uvicorn server: a declared Content-Length over `server.max_body_bytes` is 413 at once, a
+chunked body is cut off as soon as it passes the limit, uploads have their own
+`server.max_upload_bytes`; every answer is in the OpenAI error shape, and the server goes on."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.llm.chat import ChatService
+from app.llm.gate import GenerationGate
+from app.main import create_app
+from app.services.container import Services
+from app.settings import load_settings
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any) -> Iterator[Any]:
+    overrides: dict[str, Any] = {
+        "data_dir": tmp_path_factory.mktemp("limits"),
+        "server.max_body_bytes": LIMIT,
+        "server.max_upload_bytes": 4 * LIMIT,
+    }
+    settings = load_settings(**overrides)
+    # no model: the limit acts before any service; the chat service without an LLM is 503
+    app = create_app(
+        settings,
+        services_factory=lambda s: Services(chat=ChatService(None, GenerationGate(1, 1, 1))),
+    )
+    with live_server_factory(app) as live:
+        yield live
+
+
+def _is_openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"}
+    return error
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(server: Any) -> None:
+    body = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "x" * 20_000_000}]}
+    ).encode()
+    started = time.perf_counter()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        response = client.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+    error = _is_openai_error(response, 413)
+    assert "server.max_body_bytes" in error["message"] and str(LIMIT) in error["message"]
+    assert time.perf_counter() - started < 10
+
+
+def test_a_chunked_body_is_cut_off_when_it_passes_the_limit(server: Any) -> None:
+    """No Content-Length: the body is counted as it arrives and the request answered 413 as
+    soon as it passes the limit (httpx sends the rest anyway; the server drops it unread)."""
+
+    def pieces() -> Iterator[bytes]:
+        yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+        for _ in range(300):  # ~20 MB
+            yield b"x" * 65536
+        yield b'"}]}'
+
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        response = client.post(
+            "/v1/chat/completions", content=pieces(), headers={"content-type": "application/json"}
+        )
+        assert "content-length" not in response.request.headers
+        error = _is_openai_error(response, 413)
+        assert "server.max_body_bytes" in error["message"]
+        # the server goes on: a small request is answered (503: no LLM is configured)
+        small = client.post("/v1/chat/completions", json={"model": "m", "messages": []})
+        assert small.status_code in (422, 503)
+
+
+def test_uploads_have_their_own_limit(server: Any, tmp_path: Path) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        big = client.post(
+            "/v1/knowledge_bases/kb/documents",
+            files=[("files", ("big.txt", b"a" * (5 * LIMIT)))],
+        )
+        error = _is_openai_error(big, 413)
+        assert "server.max_upload_bytes" in error["message"]
+        # under the upload limit (over the general one) the body is read: no KB service, 503
+        fits = client.post(
+            "/v1/knowledge_bases/kb/documents",
+            files=[("files", ("fits.txt", b"a" * (2 * LIMIT)))],
+        )
+        assert fits.status_code == 503
