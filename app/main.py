@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
+from app.api.origin import SameOriginWritesMiddleware
 from app.api.router import api_router
 from app.api.routes import web
 from app.services.container import Services
@@ -63,6 +64,8 @@ def create_app(
         max_body_bytes=settings.server.max_body_bytes,
         max_upload_bytes=settings.server.max_upload_bytes,
     )
+    # outermost: a browser's write from another site is refused before anything else
+    app.add_middleware(SameOriginWritesMiddleware, allowed_origins=settings.server.cors_origins)
     install_error_handlers(app)
     app.include_router(api_router)
     if settings.server.web:

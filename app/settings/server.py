@@ -12,7 +12,11 @@ class ServerSettings(Section):
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
     cors_origins: list[str] = Field(
-        default_factory=list, description="Origins allowed by CORS (empty: same origin only)."
+        default_factory=list,
+        description="Origins allowed by CORS (empty: same origin only). These are also the "
+        "only other sites whose pages may change data (POST, PUT, PATCH, DELETE) through a "
+        "visitor's browser: any other `Origin` is refused with 403 (requests without an "
+        "Origin, e.g. curl and SDKs, are not affected).",
     )
     max_body_bytes: int = Field(
         8 * 1024 * 1024,

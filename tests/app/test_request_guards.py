@@ -1,7 +1,10 @@
-"""Request bodies are bounded before any route reads them (app/api/limits.py), on a real
-uvicorn server: a declared Content-Length over `server.max_body_bytes` is 413 at once, a
-chunked body is cut off as soon as it passes the limit, uploads have their own
-`server.max_upload_bytes`; every answer is in the OpenAI error shape, and the server goes on."""
+"""What the app checks before any route runs, on a real uvicorn server.
+
+Request bodies (app/api/limits.py): a declared Content-Length over `server.max_body_bytes` is
+413 at once, a chunked body is cut off as soon as it passes the limit, uploads have their own
+`server.max_upload_bytes`. Browser writes from other sites (app/api/origin.py): 403 unless the
+origin is the server's own or in `server.cors_origins`. Every answer is in the OpenAI error
+shape, and the server goes on."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any) -
         "data_dir": tmp_path_factory.mktemp("limits"),
         "server.max_body_bytes": LIMIT,
         "server.max_upload_bytes": 4 * LIMIT,
+        "server.cors_origins": ["https://intranet.example"],
     }
     settings = load_settings(**overrides)
     # no model: the limit acts before any service; the chat service without an LLM is 503
@@ -97,3 +101,31 @@ def test_uploads_have_their_own_limit(server: Any, tmp_path: Path) -> None:
             files=[("files", ("fits.txt", b"a" * (2 * LIMIT)))],
         )
         assert fits.status_code == 503
+
+
+def test_browser_writes_from_other_sites_are_refused(server: Any) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+
+        def post(origin: str | None) -> httpx.Response:
+            headers = {"Origin": origin} if origin is not None else {}
+            return client.post("/v1/knowledge_bases", json={"name": "kb"}, headers=headers)
+
+        for origin in ("https://evil.example", "null", f"http://127.0.0.1:{int(port) + 1}"):
+            error = _is_openai_error(post(origin), 403)
+            assert (
+                error["code"] == "cross_origin_refused"
+                and "server.cors_origins" in (error["message"])
+            )
+        # no Origin (curl, SDKs), the server's own pages, an allowed origin: through to the
+        # route (503 here: this server has no knowledge-base service)
+        allowed: list[str | None] = [None, f"http://127.0.0.1:{port}", "https://intranet.example"]
+        for ok in allowed:
+            assert post(ok).status_code == 503, ok
+        # reads are not writes: CORS decides what another site may read
+        listed = client.get("/v1/knowledge_bases", headers={"Origin": "https://evil.example"})
+        assert listed.status_code == 503
+        deleted = client.delete(
+            "/v1/knowledge_bases/kb", headers={"Origin": "https://evil.example"}
+        )
+        assert deleted.status_code == 403
