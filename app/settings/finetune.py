@@ -74,20 +74,24 @@ class FinetuneDataSettings(Section):
         "`generate_qa_prompt_zh` (questions in Chinese), others `generate_qa_prompt`.",
     )
     generate_qa_prompt_zh: str = Field(
-        "根据下面的资料写出{n}个问题，每个问题附一个简短的答案，答案必须是资料中的原文。"
-        '每行一个JSON对象，格式为{{"question": "...", "answer": "..."}}，不要写其他内容。\n\n'
+        "阅读下面的资料，提出{n}个不同的问题，每个问题以问号结尾，答案是资料中的一个短语或一句原文。"
+        "只输出一个JSON数组，格式如下：\n"
+        '[{{"question": "……？", "answer": "……"}}, {{"question": "……？", "answer": "……"}}]\n\n'
         "资料（{title}）：\n{text}",
         description="`--generate-qa`: the user message for a Chinese chunk (see "
-        "`generate_qa_zh_ratio`); same fields as `generate_qa_prompt`.",
+        "`generate_qa_zh_ratio`); same fields as `generate_qa_prompt`. A JSON array: the "
+        "packaged Qwen models return one pair per reply when asked for JSON lines (4 of 12 "
+        "pairs on four 等保 chunks), most of the pairs asked for when shown the array.",
     )
     generate_qa_prompt: str = Field(
-        "Write {n} questions that the following passage answers, each with a short answer "
-        "taken from the passage. Reply with one JSON object per line, exactly like "
-        '{{"question": "...", "answer": "..."}}, and nothing else.\n\n'
+        "Write {n} different questions that the following passage answers, each ending with a "
+        "question mark, each with a short answer taken word for word from the passage. Reply "
+        "with one JSON array and nothing else, exactly like "
+        '[{{"question": "...?", "answer": "..."}}, {{"question": "...?", "answer": "..."}}]\n\n'
         "Passage ({title}):\n{text}",
         description="`--generate-qa`: the user message sent to the configured LLM per chunk; "
-        "`{n}`, `{title}` and `{text}` are filled in. Replies are read as JSON lines (or "
-        "`Q:`/`A:` lines); pairs that do not parse or whose answer is empty are skipped.",
+        "`{n}`, `{title}` and `{text}` are filled in. Replies are read as a JSON array, JSON "
+        "lines or `Q:`/`A:` lines; see `finetune/kb.py` for which pairs are kept.",
     )
 
 

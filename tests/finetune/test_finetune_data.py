@@ -240,7 +240,7 @@ def test_generate_qa_counts_skipped_pairs() -> None:
         "failed_chunks": 1,
     }
     assert progress == [(1, 1), (0, 2), (0, 2)]
-    assert "Write 2 questions" in asked[0] and "text 0" in asked[0]
+    assert "Write 2 different questions" in asked[0] and "text 0" in asked[0]
 
 
 def test_generated_pairs_are_dropped_by_reason() -> None:
@@ -288,7 +288,8 @@ def test_generated_pairs_are_dropped_by_reason() -> None:
         "duplicate": 1,
     }
     assert result.report()["kept"] == 3 and result.skipped == 3
-    assert prompts[0].startswith("根据下面的资料写出3个问题") and prompts[1].startswith("Write 3")
+    assert prompts[0].startswith("阅读下面的资料，提出3个不同的问题")
+    assert prompts[1].startswith("Write 3")
     assert is_chinese(zh, 0.3) and not is_chinese("Level 3 系统", 0.5)
     assert support("三重防护，一个中心", zh) == 1.0 and support("公安机关", zh) == 0.0
 
