@@ -39,9 +39,11 @@ from ingest.errors import (
     EmbeddingMismatchError,
     FileTooLargeError,
     IngestError,
+    InputTooLargeError,
     InvalidNameError,
     NotFoundError,
     ParseTimeoutError,
+    RequestCancelledError,
     UnsupportedTypeError,
 )
 from ingest.models import UploadResult
@@ -187,6 +189,8 @@ INGEST_ERRORS = [
         "unsupported_file_type",
     ),
     (FileTooLargeError("over the limit"), 413, "invalid_request_error", "file_too_large"),
+    (InputTooLargeError("too many texts"), 413, "invalid_request_error", "input_too_large"),
+    (RequestCancelledError("gone"), 499, "invalid_request_error", "client_closed_request"),
     (InvalidNameError("bad name"), 400, "invalid_request_error", "invalid_name"),
     (DocumentError("cannot read it"), 422, "invalid_request_error", "unreadable_document"),
     (ParseTimeoutError("took too long"), 422, "invalid_request_error", "unreadable_document"),
