@@ -166,3 +166,44 @@ def test_openai_client_reads_embeddings(server: str) -> None:
     result = client.embeddings.create(model="any", input="等级保护")
     assert len(result.data[0].embedding) == 384
     assert abs(sum(x * x for x in result.data[0].embedding) - 1.0) < 1e-3
+
+
+def test_embedding_limits_and_a_client_that_leaves(
+    tmp_path_factory: pytest.TempPathFactory, live_server_factory: Callable[[Any], Any]
+) -> None:
+    """100,000 inputs: 413 at once, while a search still answers at once; a client that
+    leaves a large embedding request stops its work (the embedder is not called for the rest)."""
+    settings = Settings.model_validate(
+        {"data_dir": tmp_path_factory.mktemp("embed-limits"), "llm": {"backend": "none"}}
+    )
+    kb = KnowledgeBaseService.from_settings(settings, build_embeddings(settings.embeddings))
+    calls: list[int] = []
+    original = kb.embeddings.embed_query
+
+    def counted(text: str) -> list[float]:
+        calls.append(1)
+        return original(text)
+
+    kb.embeddings.embed_query = counted  # type: ignore[method-assign]
+    app = create_app(settings, services_factory=lambda s: Services(kb=kb, closables=[kb]))
+    with live_server_factory(app) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        assert client.post("/v1/knowledge_bases", json={"name": "kb"}).status_code == 201
+        started = time.perf_counter()
+        big = client.post("/v1/embeddings", json={"input": ["x"] * 100_000})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "input_too_large"
+        long = client.post("/v1/embeddings", json={"input": "a " * 250_000})
+        assert long.status_code == 413 and "embeddings.max_input_chars" in long.text
+        query = client.post("/v1/knowledge_bases/kb/search", json={"query": "a " * 2_500_000})
+        assert query.status_code == 413
+        search = client.post("/v1/knowledge_bases/kb/search", json={"query": "熊猫"})
+        assert search.status_code == 200
+        assert time.perf_counter() - started < 15
+        # a large request whose client gives up after a moment
+        calls.clear()
+        texts = [f"第{i}个问题：熊猫吃什么？" for i in range(2000)]
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v1/embeddings", json={"input": texts}, timeout=1.5)
+        time.sleep(3)  # the server notices between two inputs
+        stopped_at = len(calls)
+        time.sleep(2)
+        assert len(calls) == stopped_at < 2000, (stopped_at, len(calls))

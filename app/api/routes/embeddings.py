@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import struct
 
-from fastapi import APIRouter
+import anyio.from_thread
+from fastapi import APIRouter, Request
 
 from app.api.deps import KbServiceDep
 from app.api.errors import APIError
@@ -24,11 +25,19 @@ def _b64(vector: list[float]) -> str:
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse)
-def embeddings(body: EmbeddingsRequest, service: KbServiceDep) -> EmbeddingsResponse:
+def embeddings(
+    body: EmbeddingsRequest, service: KbServiceDep, request: Request
+) -> EmbeddingsResponse:
+    """Limits (embeddings.max_inputs, max_input_chars) are checked before any work; the work
+    runs batch by batch and stops when the client disconnects."""
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if not texts or any(not t for t in texts):
         raise APIError(400, "input must be a non-empty string or list of them", param="input")
-    vectors = service.embed(texts, body.input_type)
+
+    def cancelled() -> bool:  # this route runs in a worker thread: ask the event loop
+        return bool(anyio.from_thread.run(request.is_disconnected))
+
+    vectors = service.embed(texts, body.input_type, cancelled=cancelled)
     tokens = sum(len(t) for t in texts)  # characters: the packaged engines expose no tokenizer
     return EmbeddingsResponse(
         data=[
