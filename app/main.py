@@ -49,6 +49,10 @@ def create_app(
         version="0.1.0",
         description="Knowledge-base QA with an OpenAI-compatible API.",
         lifespan=lifespan,
+        # no CDN-loaded /docs or /redoc; /openapi.json is a route behind the API key
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     if settings.server.cors_origins:

@@ -14,10 +14,12 @@ from app.api.routes import (
     kb_chat,
     knowledge_bases,
     models,
+    openapi,
 )
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+api_router.include_router(openapi.router, dependencies=[AuthDep])
 api_router.include_router(models.router, prefix="/v1", dependencies=[AuthDep])
 api_router.include_router(chat.router, prefix="/v1", dependencies=[AuthDep])
 api_router.include_router(knowledge_bases.router, prefix="/v1", dependencies=[AuthDep])

@@ -129,3 +129,20 @@ def test_browser_writes_from_other_sites_are_refused(server: Any) -> None:
             "/v1/knowledge_bases/kb", headers={"Origin": "https://evil.example"}
         )
         assert deleted.status_code == 403
+
+
+def test_api_docs_are_behind_the_key_and_load_nothing_from_a_cdn(
+    tmp_path: Path, live_server_factory: Any
+) -> None:
+    """/docs and /redoc (Swagger UI and ReDoc from a CDN) are off; /openapi.json needs the
+    API key like every route but /health."""
+    overrides: dict[str, Any] = {"data_dir": tmp_path, "api_keys": ["k1"]}
+    app = create_app(load_settings(**overrides), services_factory=lambda s: Services())
+    with live_server_factory(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+            assert client.get(path).status_code == 404, path
+        assert _is_openai_error(client.get("/openapi.json"), 401)["code"] == "missing_api_key"
+        spec = client.get("/openapi.json", headers={"Authorization": "Bearer k1"})
+        assert spec.status_code == 200 and "/v1/chat/completions" in spec.json()["paths"]
+        assert "/openapi.json" not in spec.json()["paths"]
+        assert client.get("/health").status_code == 200
