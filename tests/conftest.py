@@ -38,12 +38,16 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, port: int, http: Any = None) -> None:
         import uvicorn
+
+        from app.api.http_errors import http_protocol  # the protocol `kbqa serve` runs
 
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", http=http or http_protocol()
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

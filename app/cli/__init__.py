@@ -76,11 +76,14 @@ def serve(
         except ModelReferenceError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from exc
+    from app.api.http_errors import http_protocol
+
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
+        http=http_protocol(),
     )
 
 

@@ -9,6 +9,7 @@ shape, and the server goes on."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,47 @@ def test_api_docs_are_behind_the_key_and_load_nothing_from_a_cdn(
         assert spec.status_code == 200 and "/v1/chat/completions" in spec.json()["paths"]
         assert "/openapi.json" not in spec.json()["paths"]
         assert client.get("/health").status_code == 200
+
+
+def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (httpx refuses a 100,000-character URL) and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+def test_an_unparsable_request_gets_the_openai_error_shape(tmp_path: Path, protocol: str) -> None:
+    """uvicorn answers what it cannot parse itself (no route or handler sees it): a 100,000-
+    character URL, a malformed request line. `kbqa serve` runs uvicorn with the protocol of
+    app/api/http_errors.py, whose 400 is JSON in the OpenAI shape, for both HTTP parsers."""
+    from conftest import LiveServer, free_port
+
+    from app.api.http_errors import _h11_protocol, http_protocol
+
+    app = create_app(load_settings(data_dir=tmp_path), services_factory=lambda s: Services())
+    live = LiveServer(
+        app, free_port(), http=http_protocol() if protocol == "httptools" else (_h11_protocol())
+    )
+    live.start()
+    try:
+        requests = [b"GARBAGE\r\n\r\n"]
+        if protocol == "httptools":  # h11 passes such a URL on to the app (answered normally)
+            requests.append(b"GET /v1/models?q=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        for request in requests:
+            status, headers, body = _raw(live.port, request)
+            assert status == 400 and headers["content-type"] == "application/json"
+            assert json.loads(body)["error"]["code"] == "invalid_http_request"
+        # and the server goes on
+        assert httpx.get(f"{live.url}/health", timeout=30).status_code == 200
+    finally:
+        live.stop()
