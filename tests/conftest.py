@@ -67,9 +67,10 @@ class LiveServer:
 
 
 @contextmanager
-def run_server(app: Any) -> Iterator[LiveServer]:
-    """A real uvicorn server on 127.0.0.1 serving ``app`` in a thread."""
-    server = LiveServer(app, free_port())
+def run_server(app: Any, http: Any = None) -> Iterator[LiveServer]:
+    """A real uvicorn server on 127.0.0.1 serving ``app`` in a thread (``http``: uvicorn's
+    protocol class; default: the one `kbqa serve` runs)."""
+    server = LiveServer(app, free_port(), http=http)
     server.start()
     try:
         yield server

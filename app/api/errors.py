@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.llm.base import (
@@ -65,6 +66,37 @@ class APIError(Exception):
         self.code = code
         self.param = param
         self.headers = headers
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the API: OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+_DECLARED = {
+    400: "Bad request: a value the service cannot use (the message says which).",
+    401: "Missing or invalid API key (`Authorization: Bearer <key>`).",
+    403: "A browser's write from another site (`Origin` not allowed).",
+    404: "Unknown knowledge base, document, job or model.",
+    409: "Already exists, or a knowledge base built with another embedding model.",
+    413: "Over a limit: request body, file, inputs, characters, context window.",
+    415: "A file type no loader reads.",
+    422: "The request does not match the schema, or a file cannot be read.",
+    503: "The service needed is not running here, or all generation slots are busy "
+    "(with Retry-After).",
+}
+# the statuses every /v1 route may answer besides its success, declared in the OpenAPI spec
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in _DECLARED.items()
+}
 
 
 def error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict:

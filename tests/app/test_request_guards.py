@@ -166,20 +166,17 @@ def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 @pytest.mark.parametrize("protocol", ["httptools", "h11"])
-def test_an_unparsable_request_gets_the_openai_error_shape(tmp_path: Path, protocol: str) -> None:
+def test_an_unparsable_request_gets_the_openai_error_shape(
+    tmp_path: Path, live_server_factory: Any, protocol: str
+) -> None:
     """uvicorn answers what it cannot parse itself (no route or handler sees it): a 100,000-
     character URL, a malformed request line. `kbqa serve` runs uvicorn with the protocol of
     app/api/http_errors.py, whose 400 is JSON in the OpenAI shape, for both HTTP parsers."""
-    from conftest import LiveServer, free_port
-
     from app.api.http_errors import _h11_protocol, http_protocol
 
     app = create_app(load_settings(data_dir=tmp_path), services_factory=lambda s: Services())
-    live = LiveServer(
-        app, free_port(), http=http_protocol() if protocol == "httptools" else (_h11_protocol())
-    )
-    live.start()
-    try:
+    http = http_protocol() if protocol == "httptools" else _h11_protocol()
+    with live_server_factory(app, http=http) as live:
         requests = [b"GARBAGE\r\n\r\n"]
         if protocol == "httptools":  # h11 passes such a URL on to the app (answered normally)
             requests.append(b"GET /v1/models?q=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -189,5 +186,3 @@ def test_an_unparsable_request_gets_the_openai_error_shape(tmp_path: Path, proto
             assert json.loads(body)["error"]["code"] == "invalid_http_request"
         # and the server goes on
         assert httpx.get(f"{live.url}/health", timeout=30).status_code == 200
-    finally:
-        live.stop()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.text import Seed, Text
+
+# declared in the schema (maxItems), so a client generated from the spec knows the limit
+StopList = Annotated[list[Text], Field(max_length=4)]
 
 
 class ContentPart(BaseModel):
@@ -75,7 +78,7 @@ class ChatFields(BaseModel):
     )
     max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
     max_completion_tokens: int | None = Field(None, ge=1, description="Alias of max_tokens.")
-    stop: Text | list[Text] | None = Field(None, description="Up to 4 stop strings.")
+    stop: Text | StopList | None = Field(None, description="Up to 4 stop strings.")
     seed: Seed | None = None
     n: int = Field(1, ge=1, le=1, description="Only 1 choice is supported.")
     # kbqa extensions (the openai SDK sends them with `extra_body`)
@@ -107,13 +110,6 @@ def _describe_with_knowledge_base(schema: dict[str, Any]) -> None:
 # in the schema. Unknown OpenAI parameters (logprobs, user, ...) are accepted and ignored.
 class ChatCompletionRequest(RagFields, ChatFields):
     model_config = ConfigDict(extra="ignore", json_schema_extra=_describe_with_knowledge_base)
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop strings")
-        return value
 
     def knowledge_bases(self) -> list[str]:
         if self.knowledge_base is None:
