@@ -149,19 +149,24 @@ def finish(
     min_overlap: float,
     unit_pattern: str,
 ) -> str | None:
-    """The answer as the user reads it. An echoed subject becomes the sentence that answers;
-    a short answer (``short``: the question asked for a name, date, number or place) keeps its
-    words, a number gains its unit; any other answer is quoted from the passages when it
-    overlaps one enough (``min_overlap``), else kept. None: the answer has no words and names
-    no list item of the passages (the caller falls back to the passage itself)."""
+    """The answer as the user reads it. A short answer (``short``: the question asked for a
+    name, date, number or place) keeps its words, a number gains its unit; any other answer
+    is quoted from the passages when it overlaps one enough (``min_overlap``), else kept.
+    Then, if the model's answer or its quote only repeats the question's subject (a title
+    line quoted for "X以什么为食？"), the sentence that answers replaces it. None: the answer
+    has no words and names no list item of the passages (the caller falls back to the
+    passage itself)."""
     passages = list(passages)
-    if echoes(answer, question):
-        found = focused_sentence(question, passages, answer.strip().strip("《》“”\"'「」。."))
-        if found:
-            return found
     if short:
-        return with_unit(answer, passages, unit_pattern)
-    quoted = quote(answer, passages, min_overlap)
-    if quoted is None and not has_words(answer):
-        return None
-    return quoted or answer
+        result = with_unit(answer, passages, unit_pattern)
+    else:
+        quoted = quote(answer, passages, min_overlap)
+        if quoted is None and not has_words(answer):
+            return None
+        result = quoted or answer
+    for said in (answer, result):
+        if echoes(said, question):
+            found = focused_sentence(question, passages, said.strip().strip("《》“”\"'「」。.# "))
+            if found:
+                return found
+    return result

@@ -430,3 +430,9 @@ def test_an_echoed_subject_becomes_the_sentence_that_answers() -> None:
     )
     # no words and no list item of that number: None (the service answers from the passage)
     assert finish("07.", question, [passage], short=False, **kwargs) is None
+    # an answer that is no echo but whose best quote is the title line ("蓝线裸顶鲷"): that
+    # quote repeats the subject, so the sentence that answers comes instead
+    titled = "蓝线裸顶鲷\n" + passage
+    assert finish("蓝线裸顶鲷的食物", question, [titled], short=False, **kwargs) == (
+        "本鱼栖息在岩礁附近的沙质海域，属肉食性，以甲壳类、头足类和小鱼为食。"
+    )
