@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -198,11 +199,26 @@ def test_embedding_limits_and_a_client_that_leaves(
         search = client.post("/v1/knowledge_bases/kb/search", json={"query": "熊猫"})
         assert search.status_code == 200
         assert time.perf_counter() - started < 15
-        # a large request whose client gives up after a moment
+        # a large request (within the limits) whose client gives up after a while; a search
+        # sent meanwhile is answered while the large request is still embedding
         calls.clear()
         texts = [f"第{i}个问题：熊猫吃什么？" for i in range(2000)]
+        searched: list[tuple[int, int]] = []
+
+        def search_meanwhile() -> None:
+            while len(calls) < 5:
+                time.sleep(0.05)
+            with httpx.Client(base_url=live.url, timeout=60) as other:
+                answer = other.post("/v1/knowledge_bases/kb/search", json={"query": "熊猫"})
+            searched.append((answer.status_code, len(calls)))
+
+        thread = threading.Thread(target=search_meanwhile)
+        thread.start()
         with pytest.raises(httpx.ReadTimeout):
-            client.post("/v1/embeddings", json={"input": texts}, timeout=1.5)
+            client.post("/v1/embeddings", json={"input": texts}, timeout=6)
+        thread.join(60)
+        assert searched and searched[0][0] == 200
+        assert searched[0][1] < 1000, "the search waited for the large request"
         time.sleep(3)  # the server notices between two inputs
         stopped_at = len(calls)
         time.sleep(2)
