@@ -219,34 +219,93 @@ async def run_compare(
     if restart:
         for name in (LIKELIHOOD, PROBE):
             (out / name).unlink(missing_ok=True)
-    results_path = out / RESULTS
     for name in (RESULTS, LIKELIHOOD, PROBE):
         drop_torn_tail(out / name)
-    done = {key(r): r for r in load_results(results_path) if _reusable(r, options)}
+    comparison = _Comparison(items, list(probe_items or []), runner, options, out, on_answer)
     started = time.perf_counter()
-    notes: dict[str, str] = {}
     try:
         skipped = await runner.start(options.systems)
-        meta = runner.describe()
+        meta = runner.describe()  # while the runner is open (it names the loaded device)
         for system, reason in skipped.items():
             logger.warning("event=system_skipped system=%s reason=%r", system, reason)
         systems = [s for s in options.systems if s not in skipped]
+        comparison.plan_answers(systems)
+        comparison.plan_probe(systems, skipped)
+        await comparison.plan_likelihood(systems)
+        if on_start:
+            on_start(*comparison.progress())
+        await comparison.ask_answers()
+        await comparison.ask_probe()
+        await comparison.score_likelihood()
+    finally:
+        await runner.close()
+    wall = time.perf_counter() - started
+    logger.info(
+        "event=compare_done questions=%d systems=%s asked=%d reused=%d failed=%d wall_s=%.1f",
+        len(items),
+        ",".join(systems),
+        comparison.counts["asked"],
+        comparison.reused,
+        comparison.counts["failed"],
+        wall,
+    )
+    return comparison.result(skipped, wall, meta)
+
+
+AnswerKey = tuple[str, str, int, str]  # (question id, system, repeat, run)
+ProbeKey = tuple[str, str]  # (question id, system)
+LikelihoodKey = tuple[str, str, str]  # (question id, system, question set)
+
+
+class _Comparison:
+    """One call of :func:`run_compare`: what is wanted, what is reused, and the asking.
+
+    Each ``plan_*`` lists the wanted keys of one file and loads what that file already holds;
+    each ``ask_*``/``score_*`` fills in the rest, appending a line per answer or score.
+    """
+
+    def __init__(
+        self,
+        items: list[QAItem],
+        probe_items: list[QAItem],
+        runner: Runner,
+        options: CompareOptions,
+        out: Path,
+        on_answer: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.items, self.probe_items = items, probe_items
+        self.runner, self.options, self.out, self.on_answer = runner, options, out, on_answer
+        self.done: dict[AnswerKey, dict[str, Any]] = {
+            key(r): r for r in load_results(out / RESULTS) if _reusable(r, options)
+        }
+        self.wanted: list[tuple[QAItem, str, int, str]] = []
+        self.reused = 0
+        self.probe_wanted: list[tuple[QAItem, str]] = []
+        self.probe_done: dict[ProbeKey, dict[str, Any]] = {}
+        self.lik_wanted: list[tuple[QAItem, str, str]] = []
+        self.lik_done: dict[LikelihoodKey, dict[str, Any]] = {}
+        self.notes: dict[str, str] = {}  # instruments that did not run, and why
+        self.counts = {"asked": 0, "failed": 0, "probe": 0, "likelihood": 0}
+
+    def plan_answers(self, systems: list[str]) -> None:
+        """Every (question, system, repeat, run) of the main and sampled runs; the ones
+        already answered are scored again with today's accepted answers and options."""
+        options = self.options
         runs = [(MAIN, options.repeats)] + ([(SAMPLED, options.sampling_repeats)] * options.sampled)
-        wanted = [
+        self.wanted = [
             (item, system, repeat, run)
             for run, repeats in runs
-            for item in items
+            for item in self.items
             for system in systems
             for repeat in range(repeats)
         ]
-        for item, system, repeat, run in wanted:
-            old = done.get((item.id, system, repeat, run))
+        for item, system, repeat, run in self.wanted:
+            old = self.done.get((item.id, system, repeat, run))
             if old is None:
                 continue
             if old.get("question") != item.question:  # the id now means another question
-                del done[(item.id, system, repeat, run)]
+                del self.done[(item.id, system, repeat, run)]
                 continue
-            # scored again with today's accepted answers and scoring options
             old.update(item.to_dict())
             old.update(
                 score_row(
@@ -259,72 +318,75 @@ async def run_compare(
                     options,
                 )
             )
-        reused = sum(1 for i, s, r, n in wanted if (i.id, s, r, n) in done)
+        self.reused = sum(1 for i, s, r, n in self.wanted if (i.id, s, r, n) in self.done)
 
-        # the forgetting probe: base and lora on general questions, greedy
-        probe_wanted: list[tuple[QAItem, str]] = []
-        probe_done: dict[tuple[str, str], dict[str, Any]] = {}
-        if probe_items:
-            missing = _probe_missing(systems, skipped)
-            if missing:
-                notes["probe"] = missing
-            else:
-                probe_wanted = [(i, s) for i in probe_items for s in PROBE_SYSTEMS]
-                probe_done = _reuse_probe(out / PROBE, probe_items, options)
-        # the likelihood of the accepted answers under each system's prompt
-        # (and of the probe's answers under base and lora: what the adapter does to answers
-        # it was not trained on, e.g. learning the short-answer format alone)
-        lik_wanted: list[tuple[QAItem, str, str]] = []
-        lik_done: dict[tuple[str, str, str], dict[str, Any]] = {}
-        if options.likelihood:
-            lik_wanted = [(i, s, QA_SET) for i in items if i.answerable for s in systems]
-            lik_wanted += [(i, s, PROBE_SET) for i, s in probe_wanted]
-            lik_done = _reuse_likelihood(out / LIKELIHOOD, items, probe_items or [])
-            if any((i.id, s, n) not in lik_done for i, s, n in lik_wanted):
-                unavailable = await runner.prepare_likelihood()
-                if unavailable:
-                    notes["likelihood"] = unavailable
-                    logger.warning("event=likelihood_skipped reason=%r", unavailable)
-                    lik_wanted = [w for w in lik_wanted if (w[0].id, w[1], w[2]) in lik_done]
-        total = len(wanted) + len(probe_wanted) + len(lik_wanted)
-        reused_all = (
-            reused
-            + sum(1 for i, s in probe_wanted if (i.id, s) in probe_done)
-            + sum(1 for i, s, n in lik_wanted if (i.id, s, n) in lik_done)
+    def plan_probe(self, systems: list[str], skipped: dict[str, str]) -> None:
+        """The forgetting probe: base and lora on general questions, greedy."""
+        if not self.probe_items:
+            return
+        missing = _probe_missing(systems, skipped)
+        if missing:
+            self.notes["probe"] = missing
+            return
+        self.probe_wanted = [(i, s) for i in self.probe_items for s in PROBE_SYSTEMS]
+        self.probe_done = _reuse_probe(self.out / PROBE, self.probe_items, self.options)
+
+    async def plan_likelihood(self, systems: list[str]) -> None:
+        """The likelihood of the accepted answers under each system's prompt, and of the
+        probe's answers under base and lora (what the adapter does to answers it was not
+        trained on, e.g. learning the short-answer format alone)."""
+        if not self.options.likelihood:
+            return
+        wanted = [(i, s, QA_SET) for i in self.items if i.answerable for s in systems]
+        wanted += [(i, s, PROBE_SET) for i, s in self.probe_wanted]
+        self.lik_done = _reuse_likelihood(self.out / LIKELIHOOD, self.items, self.probe_items)
+        if any((i.id, s, n) not in self.lik_done for i, s, n in wanted):
+            unavailable = await self.runner.prepare_likelihood()
+            if unavailable:
+                self.notes["likelihood"] = unavailable
+                logger.warning("event=likelihood_skipped reason=%r", unavailable)
+                wanted = [w for w in wanted if (w[0].id, w[1], w[2]) in self.lik_done]
+        self.lik_wanted = wanted
+
+    def progress(self) -> tuple[int, int]:
+        """(everything wanted, what is already there)."""
+        total = len(self.wanted) + len(self.probe_wanted) + len(self.lik_wanted)
+        there = (
+            self.reused
+            + sum(1 for i, s in self.probe_wanted if (i.id, s) in self.probe_done)
+            + sum(1 for i, s, n in self.lik_wanted if (i.id, s, n) in self.lik_done)
         )
-        if on_start:
-            on_start(total, reused_all)
+        return total, there
 
-        counts = {"asked": 0, "failed": 0, "probe": 0, "likelihood": 0}
-
-        async def answer(
-            item: QAItem, system: str, temperature: float, seed: int | None, count: str
-        ) -> Any:
-            how = Ask(
-                max_tokens=options.max_tokens,
-                temperature=temperature,
-                top_p=options.top_p,
-                seed=seed,
-                top_k=options.top_k,
-                search_mode=options.search_mode,
+    async def _answer(
+        self, item: QAItem, system: str, temperature: float, seed: int | None, count: str
+    ) -> Any:
+        """The system's answer, or the error as text (counted as failed)."""
+        options = self.options
+        how = Ask(
+            max_tokens=options.max_tokens,
+            temperature=temperature,
+            top_p=options.top_p,
+            seed=seed,
+            top_k=options.top_k,
+            search_mode=options.search_mode,
+        )
+        try:
+            output = await self.runner.ask(system, item.question, how)
+        except Exception as exc:
+            self.counts["failed"] += 1
+            logger.warning(
+                "event=answer_failed id=%s system=%s error=%r", item.id, system, str(exc)[:300]
             )
-            try:
-                output = await runner.ask(system, item.question, how)
-            except Exception as exc:
-                counts["failed"] += 1
-                logger.warning(
-                    "event=answer_failed id=%s system=%s error=%r",
-                    item.id,
-                    system,
-                    str(exc)[:300],
-                )
-                return f"{type(exc).__name__}: {exc}"[:500]
-            counts[count] += 1
-            return output
+            return f"{type(exc).__name__}: {exc}"[:500]
+        self.counts[count] += 1
+        return output
 
-        with results_path.open("a", encoding="utf-8") as handle:
-            for item, system, repeat, run in wanted:
-                if (item.id, system, repeat, run) in done:
+    async def ask_answers(self) -> None:
+        options = self.options
+        with (self.out / RESULTS).open("a", encoding="utf-8") as handle:
+            for item, system, repeat, run in self.wanted:
+                if (item.id, system, repeat, run) in self.done:
                     continue
                 temperature = options.run_temperature(run)
                 seed = options.seed + repeat if temperature > 0 else None
@@ -337,7 +399,7 @@ async def run_compare(
                 }
                 if run == SAMPLED:
                     row.update(temperature=temperature, top_p=options.top_p)
-                output = await answer(item, system, temperature, seed, "asked")
+                output = await self._answer(item, system, temperature, seed, "asked")
                 if isinstance(output, str):
                     row["error"] = output
                 else:
@@ -361,37 +423,42 @@ async def run_compare(
                             options,
                         )
                     )
-                    done[(item.id, system, repeat, run)] = row
-                _append(handle, row, on_answer)
+                    self.done[(item.id, system, repeat, run)] = row
+                _append(handle, row, self.on_answer)
 
-        with (out / PROBE).open("a", encoding="utf-8") as handle:
-            for item, system in probe_wanted:
-                if (item.id, system) in probe_done:
+    async def ask_probe(self) -> None:
+        with (self.out / PROBE).open("a", encoding="utf-8") as handle:
+            for item, system in self.probe_wanted:
+                if (item.id, system) in self.probe_done:
                     continue
                 row = {**item.to_dict(), "system": system}
-                output = await answer(item, system, 0.0, None, "probe")
+                output = await self._answer(item, system, 0.0, None, "probe")
                 if isinstance(output, str):
                     row["error"] = output
                 else:
                     row.update(answer=output.answer, timings=output.timings)
-                    row.update(score_row(item, system, 0, output.answer, None, [], options))
-                    probe_done[(item.id, system)] = row
-                _append(handle, row, on_answer)
+                    row.update(score_row(item, system, 0, output.answer, None, [], self.options))
+                    self.probe_done[(item.id, system)] = row
+                _append(handle, row, self.on_answer)
 
-        with (out / LIKELIHOOD).open("a", encoding="utf-8") as handle:
-            how = Ask(
-                max_tokens=options.max_tokens, top_k=options.top_k, search_mode=options.search_mode
-            )
-            for item, system, part in lik_wanted:
-                if (item.id, system, part) in lik_done:
+    async def score_likelihood(self) -> None:
+        options = self.options
+        how = Ask(
+            max_tokens=options.max_tokens, top_k=options.top_k, search_mode=options.search_mode
+        )
+        with (self.out / LIKELIHOOD).open("a", encoding="utf-8") as handle:
+            for item, system, part in self.lik_wanted:
+                if (item.id, system, part) in self.lik_done:
                     continue
                 row = {**item.to_dict(), "system": system}
                 if part == PROBE_SET:
                     row["probe"] = True
                 try:
-                    row.update(await runner.likelihood(system, item.question, item.answers, how))
+                    row.update(
+                        await self.runner.likelihood(system, item.question, item.answers, how)
+                    )
                 except Exception as exc:
-                    counts["failed"] += 1
+                    self.counts["failed"] += 1
                     logger.warning(
                         "event=likelihood_failed id=%s system=%s error=%r",
                         item.id,
@@ -400,41 +467,40 @@ async def run_compare(
                     )
                     row["error"] = f"{type(exc).__name__}: {exc}"[:500]
                 else:
-                    counts["likelihood"] += 1
-                    lik_done[(item.id, system, part)] = row
-                _append(handle, row, on_answer)
-    finally:
-        await runner.close()
-    rows = [done[(i.id, s, r, n)] for i, s, r, n in wanted if (i.id, s, r, n) in done]
-    wall = time.perf_counter() - started
-    logger.info(
-        "event=compare_done questions=%d systems=%s asked=%d reused=%d failed=%d wall_s=%.1f",
-        len(items),
-        ",".join(systems),
-        counts["asked"],
-        reused,
-        counts["failed"],
-        wall,
-    )
-    meta["qa_fingerprint"] = fingerprint(items)
-    return CompareRun(
-        out,
-        rows,
-        skipped,
-        counts["asked"],
-        reused,
-        counts["failed"],
-        wall,
-        meta,
-        likelihood_rows=[
-            lik_done[(i.id, s, n)] for i, s, n in lik_wanted if (i.id, s, n) in lik_done
-        ],
-        probe_rows=[probe_done[(i.id, s)] for i, s in probe_wanted if (i.id, s) in probe_done],
-        probe_items=list(probe_items or []) if probe_wanted else [],
-        notes=notes,
-        probe_asked=counts["probe"],
-        likelihood_scored=counts["likelihood"],
-    )
+                    self.counts["likelihood"] += 1
+                    self.lik_done[(item.id, system, part)] = row
+                _append(handle, row, self.on_answer)
+
+    def result(self, skipped: dict[str, str], wall: float, meta: dict[str, Any]) -> CompareRun:
+        meta["qa_fingerprint"] = fingerprint(self.items)
+        return CompareRun(
+            self.out,
+            [
+                self.done[(i.id, s, r, n)]
+                for i, s, r, n in self.wanted
+                if (i.id, s, r, n) in self.done
+            ],
+            skipped,
+            self.counts["asked"],
+            self.reused,
+            self.counts["failed"],
+            wall,
+            meta,
+            likelihood_rows=[
+                self.lik_done[(i.id, s, n)]
+                for i, s, n in self.lik_wanted
+                if (i.id, s, n) in self.lik_done
+            ],
+            probe_rows=[
+                self.probe_done[(i.id, s)]
+                for i, s in self.probe_wanted
+                if (i.id, s) in self.probe_done
+            ],
+            probe_items=list(self.probe_items) if self.probe_wanted else [],
+            notes=self.notes,
+            probe_asked=self.counts["probe"],
+            likelihood_scored=self.counts["likelihood"],
+        )
 
 
 def _reusable(row: dict[str, Any], options: CompareOptions) -> bool:

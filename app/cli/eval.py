@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from app.cli.common import ConfigOpt, settings_or_exit, setup_logging
+
+if TYPE_CHECKING:
+    from eval.experiment import ExperimentResult
 
 eval_app = typer.Typer(
     help="Measure which answers better on your documents: retrieval or finetuning.",
@@ -127,21 +130,10 @@ def compare_cmd(
     probe (OUT/probe.jsonl) and, with --sampling-temperature, a sampled run next to the main one.
     """
     import httpx
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    from eval.compare import DEFAULT_PROBE, CompareError, CompareOptions, run_compare
-    from eval.data import QAError, read_qa
-    from eval.report import rich_table, write_reports
-    from eval.summary import SummaryOptions, summarize
-    from eval.systems import HttpRunner, InProcessRunner, Runner
+    from eval.compare import CompareError
+    from eval.data import QAError
+    from eval.experiment import Experiment, run_experiment
 
     settings = settings_or_exit(
         config,
@@ -163,64 +155,47 @@ def compare_cmd(
         },
     )
     setup_logging(log_level)
-    ev = settings.eval
-    probe_path = (ev.probe_file or DEFAULT_PROBE) if ev.probe else None
-    try:
-        items = read_qa(qa)
-        if limit is not None:
-            items = items[:limit]
-        if negatives is not None:
-            items += read_qa(negatives, negative=True)
-        probe_items = read_qa(probe_path) if probe_path is not None else []
-    except QAError as exc:
-        raise _fail(str(exc)) from exc
-
-    runner: Runner
-    if server:
-        key = ev.api_key.get_secret_value() if ev.api_key else None
-        runner = HttpRunner(
-            server, kb=kb, adapter=adapter, model=model, api_key=key, timeout_s=ev.server_timeout_s
-        )
-        identity: dict[str, Any] = {"server": server, "model": model, "adapter": adapter}
-    else:
-        adapter_dir = Path(adapter).resolve() if adapter else None
-        run_settings = InProcessRunner.settings_for(
-            settings, model=model, adapter=adapter_dir, adapter_name=ev.adapter_name
-        )
-        runner = InProcessRunner(
-            run_settings, kb=kb, adapter=adapter_dir, adapter_name=ev.adapter_name
-        )
-        identity = {
-            "server": None,
-            "model": run_settings.llm.model,
-            "adapter": str(adapter_dir) if adapter_dir else None,
-        }
-    identity["kb"] = kb
-    options = CompareOptions(
-        systems=list(ev.systems),
-        repeats=ev.repeats,
-        max_tokens=ev.max_tokens,
-        temperature=ev.temperature,
-        top_p=ev.top_p,
-        seed=ev.seed,
-        top_k=ev.top_k,
-        search_mode=ev.search_mode,
-        strip_citations=ev.strip_citations,
-        refusal_patterns=list(ev.refusal_patterns),
-        identity=identity,
-        likelihood=ev.likelihood,
-        sampling_temperature=ev.sampling_temperature,
-        sampling_repeats=ev.sampling_repeats if ev.sampling_temperature > 0 else 0,
-        probe_file=str(probe_path) if probe_path is not None else None,
+    experiment = Experiment(
+        qa=qa,
+        out=out,
+        kb=kb,
+        model=model,
+        adapter=adapter,
+        server=server,
+        negatives=negatives,
+        limit=limit,
+        restart=restart,
     )
-    console = Console()
+    progress, on_start, on_answer = _progress()
+    try:
+        with progress:
+            result = asyncio.run(
+                run_experiment(settings, experiment, on_start=on_start, on_answer=on_answer)
+            )
+    except (QAError, CompareError) as exc:
+        raise _fail(str(exc)) from exc
+    except (OSError, httpx.HTTPError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}", 1) from exc
+    _print_result(result)
+
+
+def _progress() -> tuple[Any, Callable[[int, int], None], Callable[[dict[str, Any]], None]]:
+    """A progress bar of the comparison and its two callbacks (start, each answer)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
     )
     task = progress.add_task("loading", total=None)
 
@@ -230,64 +205,24 @@ def compare_cmd(
     def on_answer(row: dict[str, Any]) -> None:
         progress.update(task, advance=1, description=f"{row['system']:<8} {row['id']}")
 
-    try:
-        with progress:
-            run = asyncio.run(
-                run_compare(
-                    items,
-                    runner,
-                    options,
-                    out,
-                    restart=restart,
-                    probe_items=probe_items,
-                    on_start=on_start,
-                    on_answer=on_answer,
-                )
-            )
-    except CompareError as exc:
-        raise _fail(str(exc)) from exc
-    except (OSError, httpx.HTTPError) as exc:
-        raise _fail(f"{type(exc).__name__}: {exc}", 1) from exc
+    return progress, on_start, on_answer
+
+
+def _print_result(result: ExperimentResult) -> None:
+    from rich.console import Console
+
+    from eval.report import rich_table
+
+    run = result.run
     for system, reason in run.skipped.items():
         typer.secho(f"skipped {system}: {reason}", fg=typer.colors.YELLOW, err=True)
     for instrument, reason in run.notes.items():
         typer.secho(f"no {instrument}: {reason}", fg=typer.colors.YELLOW, err=True)
-    meta = {
-        **run.runner,
-        "adapter": identity.get("adapter"),
-        "kb": kb,
-        "qa": str(qa),
-        "repeats": options.repeats,
-        "temperature": options.temperature,
-        "max_tokens": options.max_tokens,
-        "sampling_temperature": options.sampling_temperature if options.sampled else None,
-        "sampling_repeats": options.sampling_repeats if options.sampled else None,
-        "probe": options.probe_file if run.probe_rows else None,
-        "wall_s": round(run.wall_s, 1),
-    }
-    summary = summarize(
-        run.rows,
-        items,
-        options.systems,
-        SummaryOptions(
-            samples=ev.bootstrap_samples,
-            level=ev.confidence,
-            seed=ev.seed,
-            tie_margin=ev.tie_margin,
-            disagreements=ev.disagreements,
-        ),
-        skipped=run.skipped,
-        meta=meta,
-        likelihood_rows=run.likelihood_rows,
-        probe_rows=run.probe_rows,
-        notes=run.notes,
-    )
-    paths = write_reports(summary, out)
-    console.print(rich_table(summary))
+    Console().print(rich_table(result.summary))
     typer.echo(
         f"asked={run.asked} reused={run.reused} failed={run.failed} wall_s={run.wall_s:.1f} "
         f"probe_asked={run.probe_asked} likelihood_scored={run.likelihood_scored} "
-        f"report={paths['html']}"
+        f"report={result.paths['html']}"
     )
     if run.failed:
         typer.secho(
@@ -305,67 +240,14 @@ def report_cmd(
     """Rebuild summary.json and the reports from OUT/results.jsonl (e.g. after an interrupt)."""
     from rich.console import Console
 
-    from eval.compare import (
-        LIKELIHOOD,
-        PROBE,
-        RESULTS,
-        RUN,
-        SAMPLED,
-        likelihood_set,
-        load_results,
-        run_of,
-    )
-    from eval.data import QAItem
-    from eval.report import rich_table, write_reports
-    from eval.summary import SummaryOptions, summarize
+    from eval.experiment import ExperimentError, rebuild_report
+    from eval.report import rich_table
 
     settings = settings_or_exit(config)
-    rows = [r for r in load_results(out / RESULTS) if not r.get("error")]
-    if not rows:
-        raise _fail(f"{out / RESULTS} holds no answers")
-    items: dict[str, QAItem] = {}
-    for row in rows:
-        items.setdefault(
-            row["id"],
-            QAItem(
-                row["id"], row["question"], row["answers"], row.get("source"), row["answerable"]
-            ),
-        )
-    run = json.loads((out / RUN).read_text(encoding="utf-8")) if (out / RUN).is_file() else {}
-    systems = [s for s in run.get("options", {}).get("systems", []) if s] or sorted(
-        {r["system"] for r in rows}
-    )
-    opts = run.get("options", {})
-    # the sampled answers of the last run's sampling options (a row per repeat: the last wins)
-    wanted_t, wanted_p = opts.get("sampling_temperature"), opts.get("top_p")
-    latest: dict[tuple[str, str, int, str], dict[str, Any]] = {}
-    for row in rows:
-        sampled = run_of(row) == SAMPLED
-        if sampled and (row.get("temperature"), row.get("top_p")) != (wanted_t, wanted_p):
-            continue
-        latest[(row["id"], row["system"], int(row["repeat"]), run_of(row))] = row
-
-    def last_per_question(name: str) -> list[dict[str, Any]]:
-        found = {
-            (r["id"], r["system"], likelihood_set(r)): r
-            for r in load_results(out / name)
-            if not r.get("error")
-        }
-        return list(found.values())
-
-    ev = settings.eval
-    summary = summarize(
-        list(latest.values()),
-        list(items.values()),
-        systems,
-        SummaryOptions(
-            ev.bootstrap_samples, ev.confidence, ev.seed, ev.tie_margin, ev.disagreements
-        ),
-        meta={k: v for k, v in run.get("fixed", {}).items() if v is not None},
-        likelihood_rows=last_per_question(LIKELIHOOD),
-        probe_rows=last_per_question(PROBE),
-    )
-    paths = write_reports(summary, out)
+    try:
+        summary, paths = rebuild_report(settings.eval, out)
+    except ExperimentError as exc:
+        raise _fail(str(exc)) from exc
     Console().print(rich_table(summary))
     typer.echo(f"report={paths['html']}")
 
