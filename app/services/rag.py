@@ -348,13 +348,7 @@ class RagService:
         start = time.perf_counter()
         options = options or RagOptions()
         history = list(history or [])
-        if not question.strip():
-            raise ValueError("the question is empty")
-        if not knowledge_bases:
-            raise ValueError("name at least one knowledge base")
-        self.kb.check_text(question, "question")  # InputTooLargeError -> 413, before any work
-        for name in knowledge_bases:
-            self.kb.get_kb(name)  # NotFoundError -> 404
+        self._check(question, knowledge_bases)
         language = question_language(question, self.settings.zh_ratio)
         prompts = Prompts.of(self.settings, language, question)
         query = self.retrieval_query(question, history)
@@ -377,21 +371,10 @@ class RagService:
         )
         history = self.fit_history(history, budget, shell_messages(prompts, question, system, []))
         stats = GenerationStats()
-        chat_model: Any = KbqaChatModel(
-            chat=generator,
-            model=model,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=params.seed,
-            stats=stats,
-        )
-        if params.stop:
-            chat_model = chat_model.bind(stop=params.stop)
         timings = ChainTimings()
         chain = build_rag_chain(
             self.retriever(knowledge_bases, options),
-            chat_model,
+            _chat_model(generator, model, params, stats),
             prompts,
             budget,
             system_prompt=system,
@@ -406,33 +389,78 @@ class RagService:
             "history": to_lc_messages(history),
             "chat_history": history,
         }
-        refused = grounded = False
+        answer = _AnswerState()
+        async for event in self._answer_events(chain, inputs, question, prompts, options, answer):
+            yield event
+        end = time.perf_counter()
+        ttft = (stats.first_token - start) * 1000 if stats.first_token else None
+        generation_ms = (
+            (stats.finished - stats.started) * 1000 if stats.finished and stats.started else 0.0
+        )
+        yield RagEvent(
+            "done",
+            refused=answer.refused,
+            grounded=answer.grounded,
+            finish_reason=stats.finish_reason or "stop",
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            timings=_timings(
+                timings.retrieval_ms,
+                timings.prompt_ms,
+                ttft,
+                generation_ms,
+                (end - start) * 1000,
+                stats.completion_tokens,
+            ),
+        )
+
+    def _check(self, question: str, knowledge_bases: list[str]) -> None:
+        """The request's own errors, before any work."""
+        if not question.strip():
+            raise ValueError("the question is empty")
+        if not knowledge_bases:
+            raise ValueError("name at least one knowledge base")
+        self.kb.check_text(question, "question")  # InputTooLargeError -> 413, before any work
+        for name in knowledge_bases:
+            self.kb.get_kb(name)  # NotFoundError -> 404
+
+    async def _answer_events(
+        self,
+        chain: Any,
+        inputs: dict[str, Any],
+        question: str,
+        prompts: Prompts,
+        options: RagOptions,
+        answer: _AnswerState,
+    ) -> AsyncIterator[RagEvent]:
+        """The sources event, then the answer's tokens: citation markers checked against the
+        passages, and (``rag.quote_answers``) a grounded answer held until complete and finished
+        from the passages (app.rag.quote)."""
         citations = CitationFilter(0)
         gate = ContentGate()
         docs: list[Document] = []
-        # an answer is held until complete, then finished from the passages (app.rag.quote)
         quoting = self.settings.quote_answers
         held: list[str] = []
         async for part in chain.astream(inputs):
             if "context" in part:
                 docs = part["context"]
                 citations = CitationFilter(len(docs))
-                grounded = bool(docs)
-                refused = not docs and self.settings.no_answer_policy == "refuse"
+                answer.grounded = bool(docs)
+                answer.refused = not docs and self.settings.no_answer_policy == "refuse"
                 yield RagEvent(
                     "sources",
                     sources=[source_of(d) for d in docs] if options.return_sources else [],
-                    refused=refused,
-                    grounded=grounded,
+                    refused=answer.refused,
+                    grounded=answer.grounded,
                 )
             elif part.get("answer"):
                 text = gate.feed(citations.feed(part["answer"]))
-                if text and quoting and grounded:
+                if text and quoting and answer.grounded:
                     held.append(text)
                 elif text:
                     yield RagEvent("token", text=text)
         rest = gate.feed(citations.flush())
-        if rest and quoting and grounded:
+        if rest and quoting and answer.grounded:
             held.append(rest)
         elif rest:
             yield RagEvent("token", text=rest)
@@ -447,30 +475,9 @@ class RagService:
             )
             # None: a list number that names no item of the passages
             yield RagEvent("token", text=final or extractive_answer(question, docs))
-        if not gate.answered and grounded:
+        if not gate.answered and answer.grounded:
             # the model said nothing but markers: the passage's own best sentence instead
             yield RagEvent("token", text=extractive_answer(question, docs))
-        end = time.perf_counter()
-        ttft = (stats.first_token - start) * 1000 if stats.first_token else None
-        generation_ms = (
-            (stats.finished - stats.started) * 1000 if stats.finished and stats.started else 0.0
-        )
-        yield RagEvent(
-            "done",
-            refused=refused,
-            grounded=grounded,
-            finish_reason=stats.finish_reason or "stop",
-            prompt_tokens=stats.prompt_tokens,
-            completion_tokens=stats.completion_tokens,
-            timings=_timings(
-                timings.retrieval_ms,
-                timings.prompt_ms,
-                ttft,
-                generation_ms,
-                (end - start) * 1000,
-                stats.completion_tokens,
-            ),
-        )
 
     async def _passages(
         self,
@@ -535,3 +542,27 @@ def _timings(
     if ttft_ms is not None:
         out["ttft_ms"] = round(ttft_ms, 2)
     return out
+
+
+@dataclass
+class _AnswerState:
+    """What the answer's events found out, for its closing event."""
+
+    refused: bool = False
+    grounded: bool = False
+
+
+def _chat_model(
+    generator: ChatGenerator, model: str | None, params: GenerationParams, stats: GenerationStats
+) -> Any:
+    """The chain's LangChain chat model over ``generator``, with the request's parameters."""
+    chat_model: Any = KbqaChatModel(
+        chat=generator,
+        model=model,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=params.seed,
+        stats=stats,
+    )
+    return chat_model.bind(stop=params.stop) if params.stop else chat_model
