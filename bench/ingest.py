@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+from app.rag.search import KnowledgeBaseSearch  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from ingest.models import Document, SearchMode  # noqa: E402
 from ingest.service import KnowledgeBaseService  # noqa: E402
@@ -100,7 +101,7 @@ def main() -> None:
         for mode in modes:
             found = [
                 h.metadata["filename"]
-                for h in service.search("cmrc", item["question"], 5, 0.0, mode)
+                for h in KnowledgeBaseSearch(service).search("cmrc", item["question"], 5, 0.0, mode)
             ]
             hits[mode][0] += int(found[:1] == [item["source"]])
             hits[mode][1] += int(item["source"] in found)
@@ -116,7 +117,7 @@ def main() -> None:
         times = []
         for question in questions:
             t = time.perf_counter()
-            service.search(kb, question, 5, 0.0, "hybrid")
+            KnowledgeBaseSearch(service).search(kb, question, 5, 0.0, "hybrid")
             times.append((time.perf_counter() - t) * 1000)
         return percentile(times, 50), percentile(times, 95)
 
@@ -166,7 +167,9 @@ def main() -> None:
             )
         )
         service.catalog.commit_document("synthetic", "syn", rows, [])
-        service.search("synthetic", "预热", 5, 0.0, "hybrid")  # builds the BM25 matrix once
+        KnowledgeBaseSearch(service).search(
+            "synthetic", "预热", 5, 0.0, "hybrid"
+        )  # builds the BM25 matrix once
         print(f"synthetic: chunks={n} built in {time.perf_counter() - started:.1f}s")
         p50, p95 = latency("synthetic", questions)
         print(

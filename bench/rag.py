@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.llm.base import ChatMessage, GenerationParams  # noqa: E402
 from app.rag.focus import coverage  # noqa: E402
+from app.rag.search import KnowledgeBaseSearch  # noqa: E402
 from app.services.factory import build_services  # noqa: E402
 from app.services.rag import RagOptions  # noqa: E402
 from app.settings import load_settings  # noqa: E402
@@ -149,7 +150,7 @@ def calibrate(kb: object, qa: list[dict], held_out: set[str], data: Path) -> Non
     for label, items in (("on", on), ("off_zh", off_zh), ("off_en", off_en)):
         rows = []
         for item in items:
-            hits = kb.search("cmrc", item["question"], 3, 0.0, "hybrid")  # type: ignore[attr-defined]
+            hits = KnowledgeBaseSearch(kb).search("cmrc", item["question"], 3, 0.0, "hybrid")
             rows.append(
                 [
                     (

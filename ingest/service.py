@@ -1,15 +1,9 @@
-"""The knowledge-base service: KB management, uploads, the ingest pipeline and search.
+"""The knowledge-base service: KB management, uploads, the ingest pipeline, the stores
+(vectors, keyword tokens, catalog) and the embeddings endpoint's work.
 
-Used by the API routers, the CLI (`kbqa ingest`, `kbqa worker`) and the RAG retriever
-(``search``). Collaborators come in through the constructor; ``from_settings`` wires the
-defaults.
-
-Score scale of ``search`` (one 0-1 scale, higher = more relevant):
-- dense: cosine similarity of the L2-normalised query and chunk vectors, negatives clipped to 0;
-- keyword: BM25 score ``s`` mapped to ``s / (s + keyword_score_half)`` (0.5 at that score);
-- hybrid: reciprocal-rank fusion ``sum 1/(rrf_k + rank)`` over the dense and keyword candidate
-  lists, divided by its maximum ``2/(rrf_k + 1)``: 1.0 = first in both lists, 0.5 = first in
-  one list and absent from the other.
+Used by the API routers, the CLI (`kbqa ingest`, `kbqa worker`) and the retrieval layer above
+it (``app.rag.search`` reads what this service stored). Collaborators come in through the
+constructor; ``from_settings`` wires the defaults.
 """
 
 from __future__ import annotations
@@ -44,7 +38,7 @@ from ingest.errors import (
 )
 from ingest.keyword import KeywordIndex, Tokenizer
 from ingest.loaders import ACCEPTED_TYPES, check_filename, file_type
-from ingest.models import Chunk, Document, Job, KnowledgeBase, SearchHit, SearchMode, UploadResult
+from ingest.models import Chunk, Document, Job, KnowledgeBase, SearchHit, UploadResult
 from ingest.splitter import Splitter
 from ingest.store import VectorStore
 from ingest.worker import Parser
@@ -436,62 +430,7 @@ class KnowledgeBaseService:
     def list_jobs(self, kb: str | None = None, limit: int = 100) -> list[Job]:
         return self.catalog.list_jobs(kb, limit)
 
-    # search ----------------------------------------------------------------------------
-    def search(
-        self,
-        kb: str,
-        query: str,
-        top_k: int | None = None,
-        score_threshold: float | None = None,
-        mode: SearchMode | None = None,
-    ) -> list[SearchHit]:
-        """Chunks of ``kb`` for ``query`` best first, scores on the 0-1 scale of this module."""
-        self.check_text(query, "query")
-        self.open_kb(kb)
-        k = top_k or self.retrieval.top_k
-        threshold = self.retrieval.score_threshold if score_threshold is None else score_threshold
-        mode = mode or self.retrieval.mode
-        candidates = max(self.retrieval.candidates, k)
-        half = self.retrieval.keyword_score_half
-        dense: list[tuple[str, float]] = []
-        keyword: list[tuple[str, float]] = []
-        scored: list[tuple[str, float]]
-        if mode not in ("dense", "keyword", "hybrid"):
-            raise InvalidNameError(f"unknown search mode {mode!r}: dense, keyword or hybrid")
-        if mode in ("dense", "hybrid"):
-            dense = self._dense(kb, query, candidates)
-        if mode in ("keyword", "hybrid"):
-            keyword = [
-                (cid, s / (s + half)) for cid, s in self.keyword.search(kb, query, candidates)
-            ]
-        if mode == "dense":
-            scored = dense
-        elif mode == "keyword":
-            scored = keyword
-        else:
-            scored = rrf([dense, keyword], self.retrieval.rrf_k)
-        scored = [(cid, s) for cid, s in scored if s >= threshold][:k]
-        rows = self.catalog.chunks_by_id(kb, [cid for cid, _ in scored])
-        dense_of, keyword_of = dict(dense), dict(keyword)
-        return [
-            SearchHit(
-                rows[cid][0],
-                round(score, 6),
-                rows[cid][1],
-                dense_score=_component(dense_of, cid, mode != "keyword"),
-                keyword_score=_component(keyword_of, cid, mode != "dense"),
-            )
-            for cid, score in scored
-            if cid in rows
-        ]
-
-    def _dense(self, kb: str, query: str, k: int) -> list[tuple[str, float]]:
-        vector = self.embeddings.embed_query(query)
-        hits = self.store.query(kb, vector, k)
-        # only chunks committed to the catalog: a document being (re-)ingested stays invisible
-        known = self.catalog.chunks_by_id(kb, [h[0] for h in hits])
-        return [(cid, max(0.0, min(1.0, sim))) for cid, _, _, sim in hits if cid in known]
-
+    # embeddings --------------------------------------------------------------------------
     def check_text(self, text: str, what: str) -> None:
         """A text to embed within ``embeddings.max_input_chars``, or InputTooLargeError."""
         limit = self.limits.max_input_chars
@@ -540,21 +479,4 @@ class KnowledgeBaseService:
         self.catalog.close()
 
 
-def _component(scores: dict[str, float], cid: str, searched: bool) -> float | None:
-    """A hit's score in one component search: 0 when it was outside its candidates."""
-    if not searched:
-        return None
-    return round(scores.get(cid, 0.0), 6)
-
-
-def rrf(lists: list[list[tuple[str, float]]], k: int) -> list[tuple[str, float]]:
-    """Reciprocal-rank fusion, normalised to 0-1 by its maximum ``len(lists)/(k + 1)``."""
-    fused: dict[str, float] = {}
-    for ranked in lists:
-        for rank, (cid, _) in enumerate(ranked, start=1):
-            fused[cid] = fused.get(cid, 0.0) + 1.0 / (k + rank)
-    best = len(lists) / (k + 1)
-    return sorted(((cid, s / best) for cid, s in fused.items()), key=lambda x: -x[1])
-
-
-__all__ = ["KnowledgeBaseService", "UnsupportedTypeError", "check_kb_name", "rrf"]
+__all__ = ["KnowledgeBaseService", "UnsupportedTypeError", "check_kb_name"]

@@ -42,8 +42,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("llm", ("app.llm",)),
     # loaders, splitter, embeddings, store, keyword index, catalog, worker, the KB service
     ("ingest", ("ingest",)),
-    # the LangChain retriever with its relevance gate, the reranker, passage/question overlap
-    ("retrieval", ("app.rag.retriever", "app.rag.reranker", "app.rag.focus")),
+    # search (dense/keyword/hybrid, fusion, thresholds), the LangChain retriever with its
+    # relevance gate, the reranker, passage/question overlap
+    ("retrieval", ("app.rag.search", "app.rag.retriever", "app.rag.reranker", "app.rag.focus")),
     # chain, chat model, citations, quoting, and the RAG service that runs them
     ("rag", ("app.rag", "app.services.rag")),
     # the composition root: builds every service from the settings (container, factory)

@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 
 from app.api.errors import APIError
 from app.llm.chat import ChatService
+from app.rag.search import KnowledgeBaseSearch
 from app.services.container import Services
 from app.services.rag import RagService
 from app.settings import Settings
@@ -78,6 +79,14 @@ def base_model(services: ServicesDep) -> str:
 
 KbServiceDep = Annotated[KnowledgeBaseService, Depends(kb_service)]
 RagServiceDep = Annotated[RagService, Depends(rag_service)]
+
+
+def search_service(kb: KbServiceDep) -> KnowledgeBaseSearch:
+    """Search over the knowledge-base service's stores; 503 when this server runs none."""
+    return KnowledgeBaseSearch(kb)
+
+
+SearchDep = Annotated[KnowledgeBaseSearch, Depends(search_service)]
 BaseModelDep = Annotated[str, Depends(base_model)]
 
 

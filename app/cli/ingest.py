@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -162,7 +162,16 @@ def kb_search(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Search a knowledge base; prints JSON lines (score, text, metadata)."""
-    hits = _service(config, data_dir).search(name, query, top_k, None, mode)
+    from app.rag.search import KnowledgeBaseSearch
+    from ingest.errors import IngestError
+    from ingest.models import SearchMode
+
+    searcher = KnowledgeBaseSearch(_service(config, data_dir))
+    try:  # an unknown mode: InvalidNameError, an unknown knowledge base: NotFoundError
+        hits = searcher.search(name, query, top_k, None, cast(SearchMode | None, mode))
+    except IngestError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
     for hit in hits:
         typer.echo(json.dumps(hit.to_dict(), ensure_ascii=False))
 

@@ -1,7 +1,7 @@
 """The knowledge-base retriever as a LangChain ``BaseRetriever``.
 
-Dense, keyword or hybrid search over one or more knowledge bases (each searched with the
-ingest service, merged by score), then optionally reranked by a cross-encoder, then the
+Dense, keyword or hybrid search over one or more knowledge bases (each searched with
+``app.rag.search``, merged by score), then optionally reranked by a cross-encoder, then the
 relevance gate: a passage is kept only when its dense similarity reaches ``min_dense_score``
 or its keyword score reaches ``min_keyword_score``, and it has at least ``min_coverage`` of
 the question's terms (a passage on a neighbouring topic scores high on both, yet lacks the
@@ -12,7 +12,6 @@ knowledge bases answers this": the chain then refuses (or falls back) without th
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
@@ -24,6 +23,7 @@ from pydantic import ConfigDict, Field
 
 from app.rag.focus import coverage
 from app.rag.reranker import CrossEncoderReranker
+from app.rag.search import KnowledgeBaseSearch
 from ingest.models import SearchHit, SearchMode
 
 
@@ -38,7 +38,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    kb_service: Any = Field(description="ingest.service.KnowledgeBaseService")
+    search: KnowledgeBaseSearch | None = Field(description="the search of each knowledge base")
     knowledge_bases: list[str] = Field(min_length=1)
     top_k: int = Field(5, ge=1)
     score_threshold: float = Field(0.0, ge=0, le=1)
@@ -67,13 +67,18 @@ class KnowledgeBaseRetriever(BaseRetriever):
             keyword is not None and self.min_keyword_score > 0 and keyword >= self.min_keyword_score
         )
 
+    def _search(self) -> KnowledgeBaseSearch:
+        if self.search is None:
+            raise RuntimeError("this retriever has no search (built for its relevance gate only)")
+        return self.search
+
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
     ) -> list[Document]:
         take = max(self.top_k, self.rerank_candidates) if self.reranker else self.top_k
         docs: list[Document] = []
         for kb in dict.fromkeys(self.knowledge_bases):
-            hits = self.kb_service.search(kb, query, take, self.score_threshold, self.search_mode)
+            hits = self._search().search(kb, query, take, self.score_threshold, self.search_mode)
             docs.extend(hit_to_document(h) for h in hits)
         docs.sort(key=lambda d: -float(d.metadata["score"]))
         if self.reranker is not None and docs:

@@ -38,6 +38,7 @@ from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
 from app.rag.quote import finish
 from app.rag.retriever import KnowledgeBaseRetriever
+from app.rag.search import KnowledgeBaseSearch
 from app.settings.rag import RagSettings
 from ingest.models import SearchMode
 
@@ -169,6 +170,7 @@ class RagService:
     ) -> None:
         self.chat = chat
         self.kb = kb
+        self.search = KnowledgeBaseSearch(kb)
         self.settings = settings
         self.default_top_k = default_top_k
         self.default_score_threshold = default_score_threshold
@@ -206,7 +208,7 @@ class RagService:
         self, knowledge_bases: list[str], options: RagOptions, gate: bool = True
     ) -> KnowledgeBaseRetriever:
         return KnowledgeBaseRetriever(
-            kb_service=self.kb,
+            search=self.search,
             knowledge_bases=knowledge_bases,
             top_k=options.top_k or self.default_top_k,
             score_threshold=(

@@ -70,7 +70,7 @@ class FakeKbService:
             raise self.error
         return []
 
-    create_kb = get_kb = delete_kb = list_kbs = search = open_kb = _fail
+    create_kb = get_kb = delete_kb = list_kbs = check_text = open_kb = _fail
     list_documents = get_document = delete_document = list_chunks = _fail
     list_jobs = get_job = embed = _fail
 

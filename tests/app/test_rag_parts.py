@@ -150,6 +150,7 @@ def test_reranker_reorders_by_cross_encoder_scores(tmp_path: Path) -> None:
 
     from app.rag.reranker import CrossEncoderReranker
     from app.rag.retriever import KnowledgeBaseRetriever
+    from app.rag.search import KnowledgeBaseSearch
     from ingest.service import KnowledgeBaseService
 
     model_dir = make_cross_encoder(tmp_path / "ce")
@@ -167,7 +168,11 @@ def test_reranker_reorders_by_cross_encoder_scores(tmp_path: Path) -> None:
         kb.run_pending(max_jobs=5)
         reranker = CrossEncoderReranker(str(model_dir))
         retriever = KnowledgeBaseRetriever(
-            kb_service=kb, knowledge_bases=["k"], top_k=3, reranker=reranker, rerank_candidates=3
+            search=KnowledgeBaseSearch(kb),
+            knowledge_bases=["k"],
+            top_k=3,
+            reranker=reranker,
+            rerank_candidates=3,
         )
         query = "sentence about towers"
         docs = retriever.invoke(query)
@@ -347,7 +352,7 @@ def test_relevance_gate_needs_the_question_terms() -> None:
     from app.rag.retriever import KnowledgeBaseRetriever
 
     gate = KnowledgeBaseRetriever(
-        kb_service=None,
+        search=None,
         knowledge_bases=["kb"],
         min_dense_score=0.86,
         min_keyword_score=0.5,
@@ -369,7 +374,7 @@ def test_relevance_gate_needs_the_question_terms() -> None:
     assert not gate.relevant(low, question)  # coverage alone is not enough
     # a retry query: the earlier question, then the elliptical follow-up
     assert gate.relevant(right, f"{question}\n他的妻子叫什么？")
-    assert KnowledgeBaseRetriever(kb_service=None, knowledge_bases=["kb"]).relevant(near, question)
+    assert KnowledgeBaseRetriever(search=None, knowledge_bases=["kb"]).relevant(near, question)
 
 
 def test_a_list_number_is_not_a_sentence_answer() -> None:

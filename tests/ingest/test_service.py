@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import huge_docx, make_docx, make_pdf, make_settings, merged_table_docx
 
+from app.rag.search import KnowledgeBaseSearch, rrf
 from ingest.catalog import Catalog
 from ingest.embeddings import NamedEmbeddings
 from ingest.errors import DocumentError, EmbeddingMismatchError, InvalidNameError, NotFoundError
 from ingest.models import Job, SearchMode
-from ingest.service import KnowledgeBaseService, rrf
+from ingest.service import KnowledgeBaseService
 from ingest.worker import Worker
 
 DOC_A = "北京是中华人民共和国的首都，也是政治和文化中心。\n熊猫主要以竹子为食，生活在四川。"
@@ -40,19 +41,19 @@ def test_ingest_and_search_modes(service: KnowledgeBaseService) -> None:
     _ingest(service, "kb1", "std.docx", make_docx([("p", line) for line in DOC_B.split("\n")]))
     modes: tuple[SearchMode, ...] = ("dense", "keyword", "hybrid")
     for mode in modes:
-        hits = service.search("kb1", "大熊猫吃什么", top_k=2, mode=mode)
+        hits = KnowledgeBaseSearch(service).search("kb1", "大熊猫吃什么", top_k=2, mode=mode)
         assert hits, mode
         assert "竹子" in hits[0].text, mode
         assert all(0.0 <= h.score <= 1.0 for h in hits)
         assert hits == sorted(hits, key=lambda h: -h.score)
-    hit = service.search("kb1", "身份鉴别 唯一性", top_k=1)[0]
+    hit = KnowledgeBaseSearch(service).search("kb1", "身份鉴别 唯一性", top_k=1)[0]
     assert hit.metadata["heading_path"] == ["8.1.4.1 身份鉴别"]
     assert hit.metadata["filename"] == "std.docx"
     assert set(hit.metadata) >= {
         "kb", "doc_id", "filename", "page", "heading_path", "chunk_index", "chunk_id", "start",
         "end",
     }  # fmt: skip
-    assert service.search("kb1", "身份鉴别", score_threshold=1.01 - 1e-9) == []
+    assert KnowledgeBaseSearch(service).search("kb1", "身份鉴别", score_threshold=1.01 - 1e-9) == []
     kb = service.get_kb("kb1")
     assert (kb.documents, kb.chunks) == (2, 2)
 
@@ -70,13 +71,17 @@ def test_duplicate_replace_delete(service: KnowledgeBaseService) -> None:
     docs = service.list_documents("kb2")
     assert [d.doc_id for d in docs] == [second]
     modes: tuple[SearchMode, ...] = ("dense", "keyword")
-    texts = [h.text for m in modes for h in service.search("kb2", "苹果 香蕉", 10, mode=m)]
+    texts = [
+        h.text
+        for m in modes
+        for h in KnowledgeBaseSearch(service).search("kb2", "苹果 香蕉", 10, mode=m)
+    ]
     assert texts and all("旧版本" not in t for t in texts)
     assert service.store.count("kb2") == 1
     with pytest.raises(NotFoundError):
         service.get_document("kb2", first)
     service.delete_document("kb2", second)
-    assert service.search("kb2", "香蕉") == []
+    assert KnowledgeBaseSearch(service).search("kb2", "香蕉") == []
     assert service.store.count("kb2") == 0
 
 
@@ -87,7 +92,7 @@ def test_delete_kb_removes_everything(service: KnowledgeBaseService) -> None:
     service.delete_kb("gone")
     assert not (service.files_dir / "gone").exists()
     with pytest.raises(NotFoundError):
-        service.search("gone", "熊猫")
+        KnowledgeBaseSearch(service).search("gone", "熊猫")
     service.create_kb("gone")  # a fresh, empty collection, and no jobs of the old one
     assert service.store.count("gone") == 0
     assert service.list_jobs("gone") == [] and service.list_documents("gone") == []
@@ -104,7 +109,7 @@ def test_names_and_unknown_kb(service: KnowledgeBaseService) -> None:
 def test_embedding_model_mismatch_is_an_error(service: KnowledgeBaseService) -> None:
     service.catalog.create_kb("other", "sentence-transformers:some/model", 768)
     with pytest.raises(EmbeddingMismatchError, match="some/model"):
-        service.search("other", "x")
+        KnowledgeBaseSearch(service).search("other", "x")
     with pytest.raises(EmbeddingMismatchError):
         service.upload("other", "a.txt", b"hello")
 
@@ -387,10 +392,14 @@ def test_service_on_a_chroma_server_keeps_headings_and_pages(
                 ]
             ),
         )
-        [docx_hit] = service.search("served", "renamed default accounts", top_k=1, mode="dense")
+        [docx_hit] = KnowledgeBaseSearch(service).search(
+            "served", "renamed default accounts", top_k=1, mode="dense"
+        )
         assert docx_hit.metadata["doc_id"] == docx_id
         assert docx_hit.metadata["heading_path"] == ["Network security", "Access control"]
-        [pdf_hit] = service.search("served", "how often are backups tested", top_k=1, mode="dense")
+        [pdf_hit] = KnowledgeBaseSearch(service).search(
+            "served", "how often are backups tested", top_k=1, mode="dense"
+        )
         assert pdf_hit.metadata["doc_id"] == pdf_id and pdf_hit.metadata["page"] == 2
         before = service.store.count("served")
         service.delete_document("served", pdf_id)
@@ -410,7 +419,7 @@ def test_keyword_index_is_built_before_the_job_succeeds(service: KnowledgeBaseSe
     assert service.keyword._cache["warm"][0] == service.catalog.kb_version("warm")
     service.delete_document("warm", doc_b)
     assert service.keyword._cache["warm"][0] == service.catalog.kb_version("warm")
-    assert service.search("warm", "身份鉴别", mode="keyword") == []
+    assert KnowledgeBaseSearch(service).search("warm", "身份鉴别", mode="keyword") == []
 
 
 def test_embedding_limits_are_checked_before_any_work(service: KnowledgeBaseService) -> None:
@@ -425,7 +434,7 @@ def test_embedding_limits_are_checked_before_any_work(service: KnowledgeBaseServ
         service.embed(["ok", "a " * 125_000])
     service.create_kb("limits")
     with pytest.raises(InputTooLargeError, match="query has 5000000 characters"):
-        service.search("limits", "a " * 2_500_000)
+        KnowledgeBaseSearch(service).search("limits", "a " * 2_500_000)
     assert time.perf_counter() - started < 5
     limit = service.limits.max_input_chars
     assert len(service.embed(["字" * limit], "passage")) == 1  # at the limit: embedded

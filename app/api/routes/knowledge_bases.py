@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import KbServiceDep
+from app.api.deps import KbServiceDep, SearchDep
 from app.api.schemas.ingest import (
     KnowledgeBaseCreate,
     KnowledgeBaseList,
@@ -39,8 +39,8 @@ def delete_kb(kb: str, service: KbServiceDep) -> dict:
 
 
 @router.post("/knowledge_bases/{kb}/search", response_model=SearchResponse)
-def search(kb: str, body: SearchRequest, service: KbServiceDep) -> SearchResponse:
-    hits = service.search(kb, body.query, body.top_k, body.score_threshold, body.mode)
+def search(kb: str, body: SearchRequest, searcher: SearchDep) -> SearchResponse:
+    hits = searcher.search(kb, body.query, body.top_k, body.score_threshold, body.mode)
     return SearchResponse(
-        mode=body.mode or service.retrieval.mode, data=[SearchHitOut.of(h) for h in hits]
+        mode=body.mode or searcher.default_mode, data=[SearchHitOut.of(h) for h in hits]
     )
