@@ -225,7 +225,7 @@ class InProcessRunner(Runner):
                 timings.setdefault(name, int(getattr(answer, name, 0) or 0))
             return Output(
                 answer=answer.answer,
-                sources=list(answer.sources or []),
+                sources=[p.to_dict() for p in answer.sources],
                 refused=bool(answer.refused),
                 grounded=bool(answer.grounded),
                 finish_reason=str(answer.finish_reason),

@@ -26,6 +26,8 @@ from app.api.schemas.chat import (
     ChatMessageOut,
     Choice,
     KBChatCompletionResponse,
+    Source,
+    Timings,
     Usage,
 )
 from app.api.sse import HEADERS, Piece, chat_chunks, usage
@@ -113,7 +115,7 @@ async def kb_pieces(events: AsyncIterator[RagEvent]) -> AsyncIterator[Piece]:
                 yield Piece(
                     role=True,
                     extra={
-                        "sources": event.sources,
+                        "sources": [p.to_dict() for p in event.sources],
                         "refused": event.refused,
                         "grounded": event.grounded,
                     },
@@ -176,8 +178,8 @@ async def kb_chat_completion(
             )
         ],
         usage=answer_usage(answer),
-        sources=answer.sources,  # type: ignore[arg-type]
+        sources=[Source.of(p) for p in answer.sources],
         refused=answer.refused,
         grounded=answer.grounded,
-        timings=answer.timings,  # type: ignore[arg-type]
+        timings=Timings.model_validate(answer.timings),
     )

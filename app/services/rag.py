@@ -36,6 +36,7 @@ from app.rag.chain import (
 from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
+from app.rag.passage import Passage
 from app.rag.quote import finish
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.rag.search import KnowledgeBaseSearch
@@ -65,7 +66,7 @@ class RagOptions:
 class RagEvent:
     kind: Literal["sources", "token", "done"]
     text: str = ""
-    sources: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[Passage] = field(default_factory=list)
     refused: bool = False
     grounded: bool = True
     finish_reason: str = "stop"
@@ -77,7 +78,7 @@ class RagEvent:
 @dataclass
 class RagAnswer:
     answer: str
-    sources: list[dict[str, Any]]
+    sources: list[Passage]
     refused: bool
     grounded: bool
     finish_reason: str
@@ -92,7 +93,7 @@ class RagPrompt:
     """What the chain would send the model for one question (``RagService.prompt_messages``)."""
 
     messages: list[ChatMessage] | None  # None: the model is not called (refused)
-    sources: list[dict[str, Any]]
+    sources: list[Passage]
     refused: bool
 
 
@@ -121,28 +122,6 @@ class _PromptRecorder:
             yield StreamChunk("", "stop")
 
         return _Released(), nothing()
-
-
-def source_of(doc: Document) -> dict[str, Any]:
-    """The API shape of one passage (``index`` matches the [n] markers of the answer)."""
-    meta = doc.metadata
-    return {
-        "index": meta.get("index"),
-        "kb": meta.get("kb"),
-        "doc_id": meta.get("doc_id"),
-        "filename": meta.get("filename"),
-        "page": meta.get("page"),
-        "heading_path": list(meta.get("heading_path") or []),
-        "chunk_id": meta.get("chunk_id"),
-        "chunk_index": meta.get("chunk_index"),
-        "score": meta.get("score"),
-        "dense_score": meta.get("dense_score"),
-        "keyword_score": meta.get("keyword_score"),
-        "text": doc.page_content,
-        "start": meta.get("start"),
-        "end": meta.get("end"),
-        "truncated": bool(meta.get("truncated", False)),
-    }
 
 
 def extractive_answer(question: str, docs: list[Document]) -> str:
@@ -326,7 +305,7 @@ class RagService:
         chain does not call the model (no passage passed the gate under the refuse policy).
         (Used by the evaluation's gold-answer likelihood.)"""
         recorder = _PromptRecorder(self.chat)
-        sources: list[dict[str, Any]] = []
+        sources: list[Passage] = []
         refused = False
         async for event in self._events(
             question, knowledge_bases, history, options, params, model, system_prompt, recorder
@@ -451,7 +430,7 @@ class RagService:
                 answer.refused = not docs and self.settings.no_answer_policy == "refuse"
                 yield RagEvent(
                     "sources",
-                    sources=[source_of(d) for d in docs] if options.return_sources else [],
+                    sources=[Passage.of(d) for d in docs] if options.return_sources else [],
                     refused=answer.refused,
                     grounded=answer.grounded,
                 )
@@ -498,7 +477,7 @@ class RagService:
         for index, doc in enumerate(docs, start=1):
             doc.metadata["index"] = index
             doc.metadata["relevant"] = gate.relevant(doc, query)
-        sources = [{**source_of(d), "relevant": d.metadata["relevant"]} for d in docs]
+        sources = [Passage.of(d) for d in docs]
         refused = not docs
         yield RagEvent(
             "sources", sources=sources if options.return_sources else [], refused=refused

@@ -30,6 +30,7 @@ from app.llm.base import (
     StreamChunk,
 )
 from app.main import create_app
+from app.rag.passage import Passage
 from app.services.container import Services
 from app.services.rag import RagEvent
 from app.settings import load_settings
@@ -141,7 +142,7 @@ class FakeRagService:
         self.calls.append({"question": question, "knowledge_bases": knowledge_bases, **kw})
         if self.error is not None:
             raise self.error
-        yield RagEvent("sources", sources=[SOURCE], refused=False, grounded=True)
+        yield RagEvent("sources", sources=[Passage(**SOURCE)], refused=False, grounded=True)
         yield RagEvent("token", text="330 metres")
         yield RagEvent("token", text=" [1]")
         yield RagEvent("done", prompt_tokens=9, completion_tokens=3, timings=TIMINGS)

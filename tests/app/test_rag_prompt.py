@@ -53,9 +53,7 @@ def test_prompt_messages_are_what_the_answer_sends(models_dir: Path, tmp_path: P
             assert len(seen) == 1  # the model was not asked
             assert prompt.messages == seen[0] and not prompt.refused
             assert "bridges" in prompt.messages[-1].content
-            assert [s["chunk_id"] for s in prompt.sources] == [
-                s["chunk_id"] for s in answer.sources
-            ]
+            assert [s.chunk_id for s in prompt.sources] == [s.chunk_id for s in answer.sources]
             # the gate refuses: the chain never calls the model, so there is no prompt
             off = await services.rag.prompt_messages("Qu'est-ce que la photosynthèse?", ["k"])
             assert off.messages is None and off.refused and off.sources == []

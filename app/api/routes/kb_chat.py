@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from app.api.deps import BaseModelDep, RagServiceDep, SettingsDep
 from app.api.kb_answers import answer_usage, collect, prime
 from app.api.params import generation_params, rag_options
-from app.api.schemas.chat import AskRequest, AskResponse
+from app.api.schemas.chat import AskRequest, AskResponse, Source, Timings
 from app.llm.base import ChatMessage
 
 router = APIRouter(tags=["knowledge-base answers"])
@@ -37,11 +37,11 @@ async def ask(
     answer = await collect(events, body.model or base_model)
     return AskResponse(
         answer=answer.answer,
-        sources=answer.sources,  # type: ignore[arg-type]
+        sources=[Source.of(p) for p in answer.sources],
         refused=answer.refused,
         grounded=answer.grounded,
         model=answer.model,
         finish_reason=answer.finish_reason,
-        timings=answer.timings,  # type: ignore[arg-type]
+        timings=Timings.model_validate(answer.timings),
         usage=answer_usage(answer),
     )

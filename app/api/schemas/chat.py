@@ -6,7 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.schemas.passage import PassageOut
 from app.api.schemas.text import Seed, Text
+from app.rag.passage import Passage
 
 # declared in the schema (maxItems), so a client generated from the spec knows the limit
 StopList = Annotated[list[Text], Field(max_length=4)]
@@ -172,25 +174,18 @@ class Health(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
-class Source(BaseModel):
+class Source(PassageOut):
+    """A passage of an answer: the search hit's fields, its number and how it was used."""
+
     index: int = Field(description="1-based; the answer cites it as [index].")
-    kb: str
-    doc_id: str = Field(description="Document id (sha256 of its bytes).")
-    filename: str
-    page: int | None = Field(None, description="PDF page (1-based) of the passage.")
-    heading_path: list[str] = Field(default_factory=list, description="Headings above it.")
-    chunk_id: str
-    chunk_index: int | None = None
-    score: float = Field(description="Search score on the 0-1 scale (reranker's when on).")
-    dense_score: float | None = Field(None, description="Cosine similarity (dense search).")
-    keyword_score: float | None = Field(None, description="Normalised BM25 (keyword search).")
-    text: str = Field(description="The passage as given to the model.")
-    start: int | None = Field(None, description="Character offset in the document's text.")
-    end: int | None = None
     truncated: bool = Field(False, description="Cut at a sentence end to fit the context.")
     relevant: bool | None = Field(
         None, description="answer_mode=passages: whether it passes the relevance gate."
     )
+
+    @classmethod
+    def of(cls, passage: Passage) -> Source:
+        return cls.model_validate(passage.to_dict())
 
 
 class Timings(BaseModel):

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.api.schemas.passage import PassageOut
 from app.api.schemas.text import Text
-from ingest.models import Document, Job, KnowledgeBase, SearchHit, UploadResult
+from ingest.models import Document, Job, KnowledgeBase, SearchHit, SearchMode, UploadResult
 
 
 class KnowledgeBaseCreate(BaseModel):
@@ -127,38 +128,36 @@ class SearchRequest(BaseModel):
     score_threshold: float | None = Field(
         None, ge=0, le=1, description="Minimum score (0-1). Default: retrieval.score_threshold."
     )
-    mode: Literal["dense", "keyword", "hybrid"] | None = Field(
-        None, description="Default: retrieval.mode (hybrid)."
-    )
+    mode: SearchMode | None = Field(None, description="Default: retrieval.mode (hybrid).")
 
 
-class SearchHitOut(BaseModel):
-    text: str
-    score: float = Field(
-        description="0-1, higher = more relevant. dense: cosine similarity; keyword: "
-        "bm25/(bm25+retrieval.keyword_score_half); hybrid: reciprocal-rank fusion divided by "
-        "its maximum (1 = first in both lists)."
-    )
+class SearchHitOut(PassageOut):
+    """A search hit: the passage's fields (as in an answer's ``sources``) and, as before,
+    its chunk metadata nested (the same values, kept for existing clients)."""
+
     metadata: dict[str, Any] = Field(
-        description="kb, doc_id, filename, page, heading_path, chunk_index, chunk_id, start, end."
-    )
-    dense_score: float | None = Field(
-        None, description="Cosine similarity of the dense search (null when it did not run)."
-    )
-    keyword_score: float | None = Field(
-        None,
-        description="bm25/(bm25+retrieval.keyword_score_half) of the keyword search (null when "
-        "it did not run; 0 when the chunk was outside its candidates).",
+        description="kb, doc_id, filename, page, heading_path, chunk_index, chunk_id, start, "
+        "end (the same values as the flat fields)."
     )
 
     @classmethod
     def of(cls, hit: SearchHit) -> SearchHitOut:
+        meta = hit.metadata
         return cls(
-            text=hit.text,
+            kb=meta["kb"],
+            doc_id=meta["doc_id"],
+            filename=meta["filename"],
+            page=meta.get("page"),
+            heading_path=list(meta.get("heading_path") or []),
+            chunk_id=meta["chunk_id"],
+            chunk_index=meta.get("chunk_index"),
             score=hit.score,
-            metadata=hit.metadata,
             dense_score=hit.dense_score,
             keyword_score=hit.keyword_score,
+            text=hit.text,
+            start=meta.get("start"),
+            end=meta.get("end"),
+            metadata=meta,
         )
 
 
