@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.rag.search import KnowledgeBaseSearch  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from ingest.models import Document, SearchMode  # noqa: E402
+from app.settings.base import SearchMode  # noqa: E402
+from ingest.models import Document  # noqa: E402
 from ingest.service import KnowledgeBaseService  # noqa: E402
 from ingest.worker import Worker  # noqa: E402
 

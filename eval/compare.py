@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.settings.base import SearchMode
 from eval import metrics
 from eval.data import QAItem, fingerprint
 from eval.systems import LORA_SYSTEMS, RAG_SYSTEMS, Ask, Runner, slim_sources
-from ingest.models import SearchMode
 
 logger = logging.getLogger(__name__)
 

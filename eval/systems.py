@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ingest.models import SearchMode
+from app.settings.base import SearchMode
 
 if TYPE_CHECKING:
     from app.settings import Settings

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from app.llm.lora_targets import lora_targets
+from app.settings.base import deep_merge
 from app.settings.finetune import FinetuneSettings
 
 
@@ -44,13 +44,3 @@ def load_finetune_config(path: Path | None, base: FinetuneSettings) -> FinetuneS
         return FinetuneSettings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(f"finetune config {path}: {exc}") from exc
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out

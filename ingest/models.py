@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-SearchMode = Literal["dense", "keyword", "hybrid"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
 
 

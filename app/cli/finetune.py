@@ -42,32 +42,22 @@ def _settings(
     file over it and the command's flags (``overrides``, None values ignored) over that."""
     from pydantic import ValidationError
 
+    from app.settings.base import deep_merge, nest_dotted
     from app.settings.finetune import FinetuneSettings
-    from finetune.config import ConfigError, deep_merge, load_finetune_config
+    from finetune.config import ConfigError, load_finetune_config
 
     settings = settings_or_exit(None, data_dir=data_dir)
     try:
         ft = load_finetune_config(config, settings.finetune)
     except ConfigError as exc:
         raise _fail(str(exc)) from exc
-    given = _nested({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = nest_dotted(overrides or {})
     if given:
         try:
             ft = FinetuneSettings.model_validate(deep_merge(ft.model_dump(), given))
         except ValidationError as exc:
             raise _fail(str(exc)) from exc
     return settings, ft
-
-
-def _nested(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        target = out
-        *parents, last = dotted.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[last] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------ data

@@ -163,8 +163,8 @@ def kb_search(
 ) -> None:
     """Search a knowledge base; prints JSON lines (score, text, metadata)."""
     from app.rag.search import KnowledgeBaseSearch
+    from app.settings.base import SearchMode
     from ingest.errors import IngestError
-    from ingest.models import SearchMode
 
     searcher = KnowledgeBaseSearch(_service(config, data_dir))
     try:  # an unknown mode: InvalidNameError, an unknown knowledge base: NotFoundError

@@ -24,7 +24,8 @@ from pydantic import ConfigDict, Field
 from app.rag.focus import coverage
 from app.rag.reranker import CrossEncoderReranker
 from app.rag.search import KnowledgeBaseSearch
-from ingest.models import SearchHit, SearchMode
+from app.settings.base import SearchMode
+from ingest.models import SearchHit
 
 
 def hit_to_document(hit: SearchHit) -> Document:

@@ -16,8 +16,9 @@ Score scale (one 0-1 scale, higher = more relevant):
 
 from __future__ import annotations
 
+from app.settings.base import SearchMode
 from ingest.errors import InvalidNameError
-from ingest.models import SearchHit, SearchMode
+from ingest.models import SearchHit
 from ingest.service import KnowledgeBaseService
 
 MODES: tuple[SearchMode, ...] = ("dense", "keyword", "hybrid")

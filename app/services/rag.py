@@ -40,8 +40,8 @@ from app.rag.passage import Passage
 from app.rag.quote import finish
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.rag.search import KnowledgeBaseSearch
+from app.settings.base import SearchMode
 from app.settings.rag import RagSettings
-from ingest.models import SearchMode
 
 if TYPE_CHECKING:
     from app.rag.reranker import CrossEncoderReranker

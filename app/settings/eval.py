@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from app.settings.base import Section, split_csv
+from app.settings.base import SearchMode, Section, split_csv
 
 SYSTEMS = ("base", "rag", "lora", "rag+lora")
 
@@ -62,7 +62,7 @@ class EvalSettings(Section):
         description="Passages retrieved by the rag systems (hit@k uses it); None: `rag.top_k` "
         "/ `retrieval.top_k`.",
     )
-    search_mode: Literal["dense", "keyword", "hybrid"] | None = Field(
+    search_mode: SearchMode | None = Field(
         None, description="Retrieval mode of the rag systems; None: the service default."
     )
     adapter_name: str = Field(

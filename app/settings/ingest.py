@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from app.settings.base import Section
+from app.settings.base import SearchMode, Section
 
 
 class EmbeddingsSettings(Section):
@@ -160,7 +160,7 @@ class IngestSettings(Section):
 
 
 class RetrievalSettings(Section):
-    mode: Literal["dense", "keyword", "hybrid"] = Field(
+    mode: SearchMode = Field(
         "hybrid", description="Default search mode: dense vectors, BM25 keywords, or both fused."
     )
     top_k: int = Field(5, ge=1, le=100, description="Default number of chunks returned.")

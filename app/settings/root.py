@@ -18,7 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from app.settings.base import SettingsError, split_csv
+from app.settings.base import SettingsError, nest_dotted, split_csv
 from app.settings.eval import EvalSettings
 from app.settings.finetune import FinetuneSettings
 from app.settings.ingest import (
@@ -154,13 +154,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _deep_set(target: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        target = target.setdefault(part, {})
-    target[parts[-1]] = value
-
-
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build the settings: overrides > env > config file > defaults.
 
@@ -169,10 +162,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     """
     path = config_file or os.environ.get("KBQA_CONFIG")
     data = _read_config(Path(path)) if path else None
-    init: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is not None:
-            _deep_set(init, key, value)
+    init = nest_dotted(overrides)
     token = _config_data.set(data)
     try:
         return Settings(**init)

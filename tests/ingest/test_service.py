@@ -15,10 +15,11 @@ import pytest
 from conftest import huge_docx, make_docx, make_pdf, make_settings, merged_table_docx
 
 from app.rag.search import KnowledgeBaseSearch, rrf
+from app.settings.base import SearchMode
 from ingest.catalog import Catalog
 from ingest.embeddings import NamedEmbeddings
 from ingest.errors import DocumentError, EmbeddingMismatchError, InvalidNameError, NotFoundError
-from ingest.models import Job, SearchMode
+from ingest.models import Job
 from ingest.service import KnowledgeBaseService
 from ingest.worker import Worker
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.schemas.passage import PassageOut
 from app.api.schemas.text import Seed, Text
 from app.rag.passage import Passage
+from app.settings.base import SearchMode
 
 # declared in the schema (maxItems), so a client generated from the spec knows the limit
 StopList = Annotated[list[Text], Field(max_length=4)]
@@ -37,7 +38,6 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(False, description="Accepted; usage is always in the last chunk.")
 
 
-SearchModeField = Literal["dense", "keyword", "hybrid"]
 AnswerModeField = Literal["generate", "passages"]
 
 
@@ -50,7 +50,7 @@ class RagFields(BaseModel):
     score_threshold: float | None = Field(
         None, ge=0, le=1, description="Minimum search score (0-1) of a passage."
     )
-    search_mode: SearchModeField | None = Field(
+    search_mode: SearchMode | None = Field(
         None, description="dense, keyword or hybrid (default: retrieval.mode)."
     )
     answer_mode: AnswerModeField = Field(

@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 
 from app.api.schemas.passage import PassageOut
 from app.api.schemas.text import Text
-from ingest.models import Document, Job, KnowledgeBase, SearchHit, SearchMode, UploadResult
+from app.settings.base import SearchMode
+from ingest.models import Document, Job, KnowledgeBase, SearchHit, UploadResult
 
 
 class KnowledgeBaseCreate(BaseModel):
