@@ -81,3 +81,21 @@ def run_server(app: Any, http: Any = None) -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def live_server_factory() -> Callable[[Any], Any]:
     return run_server
+
+
+def finished_job(client: Any, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    """Poll ``GET /v1/jobs/{id}`` through an httpx client until the job succeeded or failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in {"succeeded", "failed"}:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} did not finish in {timeout} s: {job}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def wait_job() -> Callable[..., dict[str, Any]]:
+    """``wait_job(client, job_id, timeout=300)``: the finished job (one poller for every
+    test that ingests over HTTP)."""
+    return finished_job

@@ -40,17 +40,7 @@ def server(
         yield live.url
 
 
-def _wait_job(client: httpx.Client, job_id: str) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in {"succeeded", "failed"}:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
-def test_knowledge_base_lifecycle_over_http(server: str) -> None:
+def test_knowledge_base_lifecycle_over_http(server: str, wait_job: Callable[..., dict]) -> None:
     with httpx.Client(base_url=server, timeout=60) as client:
         assert client.post("/v1/knowledge_bases", json={"name": "docs"}).status_code == 201
         again = client.post("/v1/knowledge_bases", json={"name": "docs"})
@@ -72,7 +62,7 @@ def test_knowledge_base_lifecycle_over_http(server: str) -> None:
         assert items["empty.txt"]["status"] == "rejected"
         assert "the file is empty" in items["empty.txt"]["error"]
         jobs = {
-            name: _wait_job(client, items[name]["job"]["id"])
+            name: wait_job(client, items[name]["job"]["id"])
             for name in items
             if items[name]["status"] == "queued"
         }

@@ -5,8 +5,7 @@ several KBs, history, passages mode, and the openai SDK / LangChain ChatOpenAI a
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,25 +51,24 @@ class GenerationSpy:
         llm.stream = stream
 
 
-def _ingest(client: httpx.Client, kb: str, docs: dict[str, str]) -> None:
+def _ingest(
+    client: httpx.Client, kb: str, docs: dict[str, str], wait_job: Callable[..., dict]
+) -> None:
     assert client.post("/v1/knowledge_bases", json={"name": kb}).status_code == 201
     files = [("files", (name, text.encode())) for name, text in docs.items()]
     response = client.post(f"/v1/knowledge_bases/{kb}/documents", files=files)
     assert response.status_code == 202, response.text
     for item in response.json()["data"]:
-        deadline = time.monotonic() + 300
-        while True:
-            job = client.get(f"/v1/jobs/{item['job']['id']}").json()
-            if job["state"] in {"succeeded", "failed"}:
-                assert job["state"] == "succeeded", job
-                break
-            assert time.monotonic() < deadline, job
-            time.sleep(0.1)
+        job = wait_job(client, item["job"]["id"])
+        assert job["state"] == "succeeded", job
 
 
 @pytest.fixture(scope="module")
 def server(
-    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any
+    models_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    live_server_factory: Any,
+    wait_job: Callable[..., dict],
 ) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("rag")
     settings = load_settings(
@@ -88,8 +86,8 @@ def server(
         live.spy = GenerationSpy(app.state.services.llm)
         live.settings = settings
         with httpx.Client(base_url=live.url, timeout=300) as client:
-            _ingest(client, "en", EN_DOCS)
-            _ingest(client, "zh", ZH_DOCS)
+            _ingest(client, "en", EN_DOCS, wait_job)
+            _ingest(client, "zh", ZH_DOCS, wait_job)
         yield live
 
 

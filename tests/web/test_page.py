@@ -8,7 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -480,7 +480,9 @@ def test_citations_highlights_and_escaping(
     session.check_and_close()
 
 
-def test_phone_width_and_chinese(browser: Any, server: Any, api_key: str, output_dir: Path) -> None:
+def test_phone_width_and_chinese(
+    browser: Any, server: Any, api_key: str, output_dir: Path, wait_job: Callable[..., dict]
+) -> None:
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {api_key}"}) as c:
         c.post("/v1/knowledge_bases", json={"name": "shouji"})
         text = "# 大熊猫\n大熊猫以竹子为食，生活在四川的山林里。"
@@ -489,10 +491,7 @@ def test_phone_width_and_chinese(browser: Any, server: Any, api_key: str, output
             files=[("files", ("熊猫.md", text.encode()))],
         )
         job = r.json()["data"][0]["job"]["id"]
-        deadline = time.monotonic() + 120
-        while c.get(f"/v1/jobs/{job}").json()["state"] not in {"succeeded", "failed"}:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_job(c, job, 120)
     session = Session(
         browser,
         server,

@@ -1,4 +1,5 @@
-"""Settings, CLI, model references, and the docker files."""
+"""Settings (env, files, overrides, dotted keys), the CLI's config commands, model references
+and the packaged models, and the docker files."""
 
 from __future__ import annotations
 
@@ -173,3 +174,18 @@ def test_packaged_gemma_without_chat_template(models_dir: Path) -> None:
         assert overridden.render(question) == "<<user>> 中国的首都是哪里？\nA:"
     finally:
         overridden.close()
+
+
+def test_dotted_keys_nest_and_merge() -> None:
+    from app.settings.base import deep_merge, nest_dotted
+
+    flat = {"llm.model": "m", "llm.llamacpp.threads": 2, "data_dir": "d", "eval.top_k": None}
+    nested = nest_dotted(flat)
+    assert nested == {"llm": {"model": "m", "llamacpp": {"threads": 2}}, "data_dir": "d"}
+    base = {"llm": {"model": "x", "backend": "llamacpp"}, "eval": {"top_k": 3}}
+    assert deep_merge(base, nested) == {
+        "llm": {"model": "m", "backend": "llamacpp", "llamacpp": {"threads": 2}},
+        "eval": {"top_k": 3},
+        "data_dir": "d",
+    }
+    assert base["llm"]["model"] == "x"  # the base is not changed
