@@ -311,22 +311,12 @@ def convert_chatglm3(
     ``dtype`` None keeps each tensor's stored dtype. The output appears atomically: it is
     written into a temporary sibling directory and renamed when complete.
     """
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig
-
     start = time.perf_counter()
     src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
     layout = read_layout(src)
-    if not (src / "tokenizer.model").is_file():
-        raise ConversionError(f"{src} has no tokenizer.model (ChatGLM3's SentencePiece model)")
-    if dst.exists():
-        if not overwrite:
-            raise ConversionError(f"{dst} already exists; pass --overwrite to replace it")
-        if dst == src:
-            raise ConversionError("the destination must differ from the source")
+    _check_paths(src, dst, overwrite)
     files = weight_files(src)
     cast = _dtype_of(dtype)
-    loader = shard_loader or load_shard
     report = ConversionReport(source=src, target=dst, input_shards=len(files))
 
     work = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
@@ -335,68 +325,19 @@ def convert_chatglm3(
     try:
         ids = save_tokenizer(src / "tokenizer.model", work)
         report.special_token_ids = ids
-        eos_ids = [2, ids["<|user|>"], ids["<|observation|>"]]
-
-        weight_map: dict[str, str] = {}
-        total_bytes = 0
-        stored_dtype = None
-        for number, path in enumerate(files, start=1):
-            out_name = f"model-{number:05d}-of-{len(files):05d}.safetensors"
-            tensors = loader(path)
-            converted: dict[str, torch.Tensor] = {}
-            for name in list(tensors):
-                tensor = tensors.pop(name)
-                for new_name, new_tensor in map_tensor(name, tensor, layout):
-                    if new_name in weight_map or new_name in converted:
-                        raise ConversionError(f"tensor {new_name} appears twice in the source")
-                    stored_dtype = stored_dtype or new_tensor.dtype
-                    out = new_tensor.to(cast) if cast is not None else new_tensor
-                    converted[new_name] = out.contiguous()
-                del tensor
-            del tensors  # drop this shard before the next one is read
-            if converted:
-                save_file(converted, str(work / out_name), metadata={"format": "pt"})
-                for new_name, tensor in converted.items():
-                    weight_map[new_name] = out_name
-                    total_bytes += tensor.numel() * tensor.element_size()
-                    report.parameters += tensor.numel()
-                report.output_shards += 1
-                report.tensors_written += len(converted)
-            logger.info(
-                "event=chatglm3_shard index=%d of=%d source=%s tensors=%d",
-                number,
-                len(files),
-                path.name,
-                len(converted),
-            )
-            del converted
-
-        missing = sorted(expected_names(layout) - set(weight_map))
+        shards = _convert_shards(files, shard_loader or load_shard, layout, cast, work, report)
+        missing = sorted(expected_names(layout) - set(shards.weight_map))
         if missing:
             raise ConversionError(f"the source lacks {len(missing)} tensors, e.g. {missing[:3]}")
-        _rename_shards(work, weight_map, report.output_shards)
+        _rename_shards(work, shards.weight_map, report.output_shards)
         if report.output_shards > 1:
             index = {
-                "metadata": {"total_size": total_bytes},
-                "weight_map": dict(sorted(weight_map.items())),
+                "metadata": {"total_size": shards.total_bytes},
+                "weight_map": dict(sorted(shards.weight_map.items())),
             }
             (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-        out_dtype = str(cast or stored_dtype).replace("torch.", "")
-        glm_config(layout, eos_ids, out_dtype).save_pretrained(str(work))
-        GenerationConfig(eos_token_id=eos_ids, pad_token_id=0).save_pretrained(str(work))
-        (work / "kbqa_conversion.json").write_text(
-            json.dumps(
-                {
-                    "source": str(src),
-                    "converter": "kbqa models convert-chatglm3",
-                    "layout": layout.__dict__,
-                    "special_token_ids": ids,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        out_dtype = str(cast or shards.stored_dtype).replace("torch.", "")
+        _write_configs(work, src, layout, ids, out_dtype)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(work, dst)
@@ -411,6 +352,94 @@ def convert_chatglm3(
         report.seconds,
     )
     return report
+
+
+def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
+    if not (src / "tokenizer.model").is_file():
+        raise ConversionError(f"{src} has no tokenizer.model (ChatGLM3's SentencePiece model)")
+    if dst.exists():
+        if not overwrite:
+            raise ConversionError(f"{dst} already exists; pass --overwrite to replace it")
+        if dst == src:
+            raise ConversionError("the destination must differ from the source")
+
+
+@dataclass
+class _Shards:
+    """What the converted shards hold: tensor name -> shard file, bytes, the stored dtype."""
+
+    weight_map: dict[str, str] = field(default_factory=dict)
+    total_bytes: int = 0
+    stored_dtype: torch.dtype | None = None
+
+
+def _convert_shards(
+    files: list[Path],
+    loader: Callable[[Path], dict[str, torch.Tensor]],
+    layout: ChatGLMLayout,
+    cast: torch.dtype | None,
+    work: Path,
+    report: ConversionReport,
+) -> _Shards:
+    """Each source shard renamed, split and cast into one output shard, one at a time (peak
+    memory: about one shard)."""
+    from safetensors.torch import save_file
+
+    shards = _Shards()
+    for number, path in enumerate(files, start=1):
+        out_name = f"model-{number:05d}-of-{len(files):05d}.safetensors"
+        tensors = loader(path)
+        converted: dict[str, torch.Tensor] = {}
+        for name in list(tensors):
+            tensor = tensors.pop(name)
+            for new_name, new_tensor in map_tensor(name, tensor, layout):
+                if new_name in shards.weight_map or new_name in converted:
+                    raise ConversionError(f"tensor {new_name} appears twice in the source")
+                shards.stored_dtype = shards.stored_dtype or new_tensor.dtype
+                out = new_tensor.to(cast) if cast is not None else new_tensor
+                converted[new_name] = out.contiguous()
+            del tensor
+        del tensors  # drop this shard before the next one is read
+        if converted:
+            save_file(converted, str(work / out_name), metadata={"format": "pt"})
+            for new_name, tensor in converted.items():
+                shards.weight_map[new_name] = out_name
+                shards.total_bytes += tensor.numel() * tensor.element_size()
+                report.parameters += tensor.numel()
+            report.output_shards += 1
+            report.tensors_written += len(converted)
+        logger.info(
+            "event=chatglm3_shard index=%d of=%d source=%s tensors=%d",
+            number,
+            len(files),
+            path.name,
+            len(converted),
+        )
+        del converted
+    return shards
+
+
+def _write_configs(
+    work: Path, src: Path, layout: ChatGLMLayout, ids: dict[str, int], out_dtype: str
+) -> None:
+    """config.json, generation_config.json and kbqa_conversion.json of the converted model."""
+    from transformers import GenerationConfig
+
+    eos_ids = [2, ids["<|user|>"], ids["<|observation|>"]]
+    glm_config(layout, eos_ids, out_dtype).save_pretrained(str(work))
+    GenerationConfig(eos_token_id=eos_ids, pad_token_id=0).save_pretrained(str(work))
+    (work / "kbqa_conversion.json").write_text(
+        json.dumps(
+            {
+                "source": str(src),
+                "converter": "kbqa models convert-chatglm3",
+                "layout": layout.__dict__,
+                "special_token_ids": ids,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _rename_shards(work: Path, weight_map: dict[str, str], count: int) -> None:
