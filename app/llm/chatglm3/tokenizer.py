@@ -164,7 +164,7 @@ def _merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, 
 
 def build_fast_tokenizer(model_file: Path) -> Any:
     """A ``PreTrainedTokenizerFast`` equivalent to ChatGLM3's tokenizer for ``model_file``."""
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers import AddedToken, Tokenizer
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
 
@@ -180,19 +180,51 @@ def build_fast_tokenizer(model_file: Path) -> Any:
         if piece.type == 1:  # NORMAL pieces take part in merges
             scores[piece.piece] = piece.score
     unk = proto.pieces[proto.trainer_spec.unk_id].piece
-    byte_fallback = bool(proto.trainer_spec.byte_fallback)
     model = BPE(
         vocab=vocab,
         merges=_merges(vocab, scores),
         unk_token=unk,
         fuse_unk=True,
-        byte_fallback=byte_fallback,
+        byte_fallback=bool(proto.trainer_spec.byte_fallback),
         dropout=None,
     )
     tok = Tokenizer(model)
-
     names = special_names(vocab)
-    spec = proto.normalizer_spec
+    _set_normalizer_and_decoder(tok, proto.normalizer_spec, names)
+
+    control = [p.piece for p in proto.pieces if p.type in (2, 3)]  # UNKNOWN, CONTROL
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    tok.add_special_tokens(
+        [
+            # the plain words match only as whole words (module docstring)
+            AddedToken(t, special=True, normalized=False, single_word=t in ESCAPED)
+            for t in names
+        ]
+    )
+    ids = special_token_ids(len(proto.pieces), names)
+    for name, expected in ids.items():
+        if tok.token_to_id(name) != expected:
+            raise TokenizerConversionError(f"special token {name} got id {tok.token_to_id(name)}")
+    eos = proto.pieces[proto.trainer_spec.eos_id].piece if proto.trainer_spec.eos_id >= 0 else None
+    sop_name = names[ORIGINAL_SPECIALS.index("sop")]
+    _set_post_processor(tok, ids, sop_name, eos, proto.trainer_spec.eos_id)
+    verify_newline_barrier(vocab)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=unk,
+        eos_token=eos,
+        pad_token=unk,  # ChatGLM3 pads with <unk> (id 0), on the left
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        chat_template=chat_template(sop_name),
+        model_max_length=_large(),
+    )
+
+
+def _set_normalizer_and_decoder(tok: Any, spec: Any, names: list[str]) -> None:
+    """SentencePiece's normalizer spec as ``tokenizers`` steps, and the matching decoder."""
+    from tokenizers import decoders, normalizers
+
     # first, the words the chat template escaped become plain words again (module docstring)
     steps: list[Any] = [normalizers.Replace(e, w) for w, e in ESCAPED.items() if w in names]
     if spec.precompiled_charsmap:
@@ -214,40 +246,19 @@ def build_fast_tokenizer(model_file: Path) -> Any:
         ]
     )
 
-    control = [p.piece for p in proto.pieces if p.type in (2, 3)]  # UNKNOWN, CONTROL
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    n = len(proto.pieces)
-    tok.add_special_tokens(
-        [
-            # the plain words match only as whole words (module docstring)
-            AddedToken(t, special=True, normalized=False, single_word=t in ESCAPED)
-            for t in names
-        ]
-    )
-    ids = special_token_ids(n, names)
-    for name, expected in ids.items():
-        if tok.token_to_id(name) != expected:
-            raise TokenizerConversionError(f"special token {name} got id {tok.token_to_id(name)}")
-    eos = proto.pieces[proto.trainer_spec.eos_id].piece if proto.trainer_spec.eos_id >= 0 else None
-    sop_name = names[ORIGINAL_SPECIALS.index("sop")]
-    gmask, sop = ids["[gMASK]"], ids[sop_name]
+
+def _set_post_processor(
+    tok: Any, ids: dict[str, int], sop_name: str, eos: str | None, eos_id: int
+) -> None:
+    """[gMASK] sop before every text, as ChatGLM3's ``build_inputs_with_special_tokens``."""
+    from tokenizers import processors
+
     pair_suffix = [f"{eos}:1"] if eos else []
     tok.post_processor = processors.TemplateProcessing(
         single=["[gMASK]", sop_name, "$A"],
         pair=["[gMASK]", sop_name, "$A", "$B:1", *pair_suffix],
-        special_tokens=[("[gMASK]", gmask), (sop_name, sop)]
-        + ([(eos, proto.trainer_spec.eos_id)] if eos else []),
-    )
-    verify_newline_barrier(vocab)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token=unk,
-        eos_token=eos,
-        pad_token=unk,  # ChatGLM3 pads with <unk> (id 0), on the left
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-        chat_template=chat_template(sop_name),
-        model_max_length=_large(),
+        special_tokens=[("[gMASK]", ids["[gMASK]"]), (sop_name, ids[sop_name])]
+        + ([(eos, eos_id)] if eos else []),
     )
 
 
