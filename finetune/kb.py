@@ -241,9 +241,8 @@ def generate_qa(
             if is_chinese(text, settings.generate_qa_zh_ratio)
             else settings.generate_qa_prompt
         )
-        prompt = template.format(n=per_chunk, title=chunk.title, text=text)
         try:
-            reply = ask(prompt)
+            reply = ask(template.format(n=per_chunk, title=chunk.title, text=text))
         except Exception as exc:  # one failing call must not lose the others
             failed += 1
             dropped["failed_call"] += per_chunk
@@ -257,31 +256,10 @@ def generate_qa(
         pairs = pairs[:per_chunk]
         before = sum(dropped.values())
         dropped["missing"] += per_chunk - len(pairs)
-        kept = 0
-        for question, answer in pairs:
-            key = _question_key(question)
-            if len(answer) > settings.generate_qa_max_answer_chars:
-                dropped["too_long"] += 1
-            elif support(answer, text) < settings.generate_qa_min_support:
-                dropped["not_in_chunk"] += 1
-            elif key in seen:
-                dropped["duplicate"] += 1
-            else:
-                seen.add(key)
-                kept += 1
-                examples.append(
-                    SFTExample(
-                        id=f"gen-{chunk.chunk_id}-{kept}",
-                        messages=[
-                            {"role": "user", "content": question},
-                            {"role": "assistant", "content": answer},
-                        ],
-                        source=chunk.document,
-                        answers=[answer],
-                    )
-                )
+        kept = _keep_pairs(pairs, chunk, text, settings, seen, dropped)
+        examples += kept
         if on_chunk:
-            on_chunk(kept, sum(dropped.values()) - before)
+            on_chunk(len(kept), sum(dropped.values()) - before)
     result = GeneratedQA(
         examples, sum(dropped.values()), failed, {k: v for k, v in dropped.items() if v}, asked
     )
@@ -293,3 +271,37 @@ def generate_qa(
         failed,
     )
     return result
+
+
+def _keep_pairs(
+    pairs: list[tuple[str, str]],
+    chunk: KBChunk,
+    text: str,
+    settings: FinetuneDataSettings,
+    seen: set[str],
+    dropped: Counter[str],
+) -> list[SFTExample]:
+    """The usable pairs of one chunk as examples; the others counted in ``dropped``."""
+    kept: list[SFTExample] = []
+    for question, answer in pairs:
+        key = _question_key(question)
+        if len(answer) > settings.generate_qa_max_answer_chars:
+            dropped["too_long"] += 1
+        elif support(answer, text) < settings.generate_qa_min_support:
+            dropped["not_in_chunk"] += 1
+        elif key in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(key)
+            kept.append(
+                SFTExample(
+                    id=f"gen-{chunk.chunk_id}-{len(kept) + 1}",
+                    messages=[
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": answer},
+                    ],
+                    source=chunk.document,
+                    answers=[answer],
+                )
+            )
+    return kept
