@@ -1,5 +1,6 @@
 """``kbqa ingest`` (foreground, with a progress bar), ``kbqa worker`` (the ingest worker as its
-own process) and ``kbqa kb`` (list, create, delete, search)."""
+own process) and ``kbqa kb`` (list, delete, search; a knowledge base is created by its first
+``kbqa ingest``)."""
 
 from __future__ import annotations
 
