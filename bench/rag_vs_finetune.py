@@ -89,9 +89,10 @@ def table(summary_path: Path) -> None:
     print(
         "| system | EM | F1 | ROUGE-L | contains | gold NLL | hit@1 | refusal (off-topic) | "
         "wrong refusal | identical (greedy) | sometimes right, sometimes wrong (sampled) | "
-        "p50 s |"
+        "forgetting (probe answers changed) | p50 s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    forgetting = summary.get("forgetting")
     for name, s in summary["systems"].items():
         retrieval = s.get("retrieval") or {}
         stability = s.get("stability") or {}
@@ -110,6 +111,8 @@ def table(summary_path: Path) -> None:
             pct(sampled.get("mixed_correctness_ci"))
             if sampled.get("mixed_correctness_ci")
             else pct_value(sampled.get("mixed_correctness")),
+            # the probe asks base and lora: the adapter's change, on the lora row
+            pct(forgetting["changed"]) if forgetting and name == "lora" else "–",
             f"{s['latency_ms']['p50'] / 1000:.1f}" if s["latency_ms"]["p50"] else "–",
         ]
         print("| " + " | ".join(cells) + " |")
@@ -119,7 +122,6 @@ def table(summary_path: Path) -> None:
             f"{pair['b']} better on {pair['b_wins']}, ties {pair['ties']} "
             f"(of {pair['questions']}; mean F1 difference {pct(pair['mean_difference'])})"
         )
-    forgetting = summary.get("forgetting")
     if forgetting:
         contains = forgetting.get("contains") or {}
         print(
