@@ -14,20 +14,21 @@ from typing import Any
 from langchain_core.documents import Document
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Passage:
-    text: str  # the passage as given to the model
+    # the field order is the JSON's key order (the API's, unchanged since sources were dicts)
+    index: int | None = None  # 1-based: the answer cites it as [index]
     kb: str | None = None
     doc_id: str | None = None  # sha256 of the document's bytes
     filename: str | None = None
-    chunk_id: str | None = None
-    index: int | None = None  # 1-based: the answer cites it as [index]
     page: int | None = None  # PDF page (1-based)
     heading_path: list[str] = field(default_factory=list)
+    chunk_id: str | None = None
     chunk_index: int | None = None
     score: float | None = None  # the search's 0-1 score (the reranker's when on)
     dense_score: float | None = None
     keyword_score: float | None = None
+    text: str  # the passage as given to the model
     start: int | None = None  # character offsets in the document's text
     end: int | None = None
     truncated: bool = False  # cut at a sentence end to fit the context

@@ -85,6 +85,10 @@ def test_knowledge_base_lifecycle_over_http(server: str, wait_job: Callable[...,
         hit = search["data"][0]
         assert "竹子" in hit["text"] and 0 < hit["score"] <= 1
         assert hit["metadata"]["filename"] == "panda.txt"
+        # a hit has the flat fields of an answer's source (/ask), metadata kept alongside
+        assert hit["index"] == 1 and hit["filename"] == "panda.txt" and hit["kb"] == "docs"
+        for key in ("doc_id", "page", "heading_path", "chunk_id", "chunk_index", "start", "end"):
+            assert hit[key] == hit["metadata"].get(key, [] if key == "heading_path" else None)
         for mode in ("dense", "keyword"):
             r = client.post(
                 "/v1/knowledge_bases/docs/search", json={"query": "身份鉴别", "mode": mode}
@@ -100,6 +104,7 @@ def test_knowledge_base_lifecycle_over_http(server: str, wait_job: Callable[...,
         assert client.get(doc_url).json()["chunks"] == 1
         chunks = client.get(doc_url + "/chunks").json()["data"]
         assert chunks[0]["metadata"]["chunk_id"] == f"{panda['id']}:0"
+        assert (chunks[0]["index"], chunks[0]["chunk_id"]) == (1, f"{panda['id']}:0")
         assert client.delete(doc_url).status_code == 200
         assert client.get(doc_url).status_code == 404
 

@@ -90,4 +90,7 @@ def delete_document(kb: str, doc_id: str, service: KbServiceDep) -> dict:
 @router.get("/knowledge_bases/{kb}/documents/{doc_id}/chunks")
 def list_chunks(kb: str, doc_id: str, service: KbServiceDep) -> dict:
     hits = service.list_chunks(kb, doc_id)
-    return {"object": "list", "data": [SearchHitOut.of(h).model_dump() for h in hits]}
+    return {
+        "object": "list",
+        "data": [SearchHitOut.of(h, i).model_dump() for i, h in enumerate(hits, start=1)],
+    }

@@ -42,5 +42,6 @@ def delete_kb(kb: str, service: KbServiceDep) -> dict:
 def search(kb: str, body: SearchRequest, searcher: SearchDep) -> SearchResponse:
     hits = searcher.search(kb, body.query, body.top_k, body.score_threshold, body.mode)
     return SearchResponse(
-        mode=body.mode or searcher.default_mode, data=[SearchHitOut.of(h) for h in hits]
+        mode=body.mode or searcher.default_mode,
+        data=[SearchHitOut.of(h, i) for i, h in enumerate(hits, start=1)],
     )

@@ -175,9 +175,8 @@ class Health(BaseModel):
 
 
 class Source(PassageOut):
-    """A passage of an answer: the search hit's fields, its number and how it was used."""
+    """A passage of an answer: the search hit's fields and how it was used."""
 
-    index: int = Field(description="1-based; the answer cites it as [index].")
     truncated: bool = Field(False, description="Cut at a sentence end to fit the context.")
     relevant: bool | None = Field(
         None, description="answer_mode=passages: whether it passes the relevance gate."

@@ -142,9 +142,10 @@ class SearchHitOut(PassageOut):
     )
 
     @classmethod
-    def of(cls, hit: SearchHit) -> SearchHitOut:
+    def of(cls, hit: SearchHit, index: int) -> SearchHitOut:
         meta = hit.metadata
         return cls(
+            index=index,
             kb=meta["kb"],
             doc_id=meta["doc_id"],
             filename=meta["filename"],

@@ -7,6 +7,10 @@ from pydantic import BaseModel, Field
 
 
 class PassageOut(BaseModel):
+    index: int = Field(
+        description="1-based: a source's number, cited in the answer as [index]; a search "
+        "hit's rank; a document chunk's position."
+    )
     kb: str
     doc_id: str = Field(description="Document id (sha256 of its bytes).")
     filename: str
