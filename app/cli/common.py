@@ -16,6 +16,7 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Config file (TOML or YAML); also KBQA_CONFIG."),
 ]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory (settings data_dir).")]
 
 
 def settings_or_exit(config: Path | None, **overrides: object) -> Settings:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.cli.common import ConfigOpt, settings_or_exit, setup_logging
+from app.cli.common import ConfigOpt, DataDirOpt, settings_or_exit, setup_logging
 
 if TYPE_CHECKING:
     from eval.experiment import ExperimentResult
@@ -25,103 +25,125 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+_QaOpt = Annotated[
+    Path,
+    typer.Option(help="Test questions, JSONL: {id, question, answers, source?, answerable?}."),
+]
+_OutOpt = Annotated[
+    Path, typer.Option(help="Output folder (results.jsonl, summary.json, reports).")
+]
+_KbOpt = Annotated[
+    str | None, typer.Option(help="Knowledge base of the rag systems (skipped without).")
+]
+_ModelOpt = Annotated[
+    str | None,
+    typer.Option(help="Base model reference (default: llm.model; with --server: served)."),
+]
+_AdapterOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="LoRA adapter folder (with --server: the adapter's served model name); "
+        "the lora systems are skipped without it."
+    ),
+]
+_SystemsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated: base,rag,lora,rag+lora (eval.systems).")
+]
+_RepeatsOpt = Annotated[
+    int | None, typer.Option(help="Times each question is asked per system (eval.repeats).")
+]
+_TemperatureOpt = Annotated[
+    float | None,
+    typer.Option(help="Sampling temperature; 0 greedy (eval.temperature). >0: seed per repeat."),
+]
+_MaxTokensOpt = Annotated[
+    int | None, typer.Option(help="Answer budget of every system (eval.max_tokens).")
+]
+_TopKOpt = Annotated[
+    int | None, typer.Option(help="Passages retrieved by the rag systems (eval.top_k).")
+]
+_SearchModeOpt = Annotated[
+    str | None, typer.Option(help="dense|keyword|hybrid (eval.search_mode).")
+]
+_NegativesOpt = Annotated[
+    Path | None,
+    typer.Option(help="Off-topic questions (JSONL or one a line): refusal is right."),
+]
+_LimitOpt = Annotated[
+    int | None, typer.Option(help="Only the first N questions of --qa (a subset).")
+]
+_ServerOpt = Annotated[
+    str | None, typer.Option(help="Evaluate a running kbqa at this URL instead.")
+]
+_ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(help="API key for --server (default: eval.api_key, KBQA_EVAL__API_KEY)."),
+]
+_RestartOpt = Annotated[
+    bool, typer.Option(help="Discard the results already in --out instead of resuming.")
+]
+_LikelihoodOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--likelihood/--no-likelihood",
+        help="Gold-answer likelihood (NLL, perplexity) under each system's prompt; "
+        "in-process only (eval.likelihood).",
+        show_default=False,
+    ),
+]
+_ProbeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--probe/--no-probe",
+        help="Forgetting probe: general questions asked of base and lora when a lora "
+        "system runs (eval.probe).",
+        show_default=False,
+    ),
+]
+_ProbeFileOpt = Annotated[
+    Path | None,
+    typer.Option(help="Questions of the forgetting probe, JSONL (eval.probe_file)."),
+]
+_SamplingTemperatureOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="After the main run, ask every question again --sampling-repeats times at "
+        "this temperature; 0: no sampled run (eval.sampling_temperature)."
+    ),
+]
+_SamplingRepeatsOpt = Annotated[
+    int | None,
+    typer.Option(help="Answers per question in the sampled run (eval.sampling_repeats)."),
+]
+_LogLevelOpt = Annotated[str, typer.Option(help="Log level.")]
+
+
 @eval_app.command("compare")
 def compare_cmd(
-    qa: Annotated[
-        Path,
-        typer.Option(help="Test questions, JSONL: {id, question, answers, source?, answerable?}."),
-    ],
-    out: Annotated[
-        Path, typer.Option(help="Output folder (results.jsonl, summary.json, reports).")
-    ],
-    kb: Annotated[
-        str | None, typer.Option(help="Knowledge base of the rag systems (skipped without).")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Base model reference (default: llm.model; with --server: served)."),
-    ] = None,
-    adapter: Annotated[
-        str | None,
-        typer.Option(
-            help="LoRA adapter folder (with --server: the adapter's served model name); "
-            "the lora systems are skipped without it."
-        ),
-    ] = None,
-    systems: Annotated[
-        str | None, typer.Option(help="Comma-separated: base,rag,lora,rag+lora (eval.systems).")
-    ] = None,
-    repeats: Annotated[
-        int | None, typer.Option(help="Times each question is asked per system (eval.repeats).")
-    ] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option(
-            help="Sampling temperature; 0 greedy (eval.temperature). >0: seed per repeat."
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Answer budget of every system (eval.max_tokens).")
-    ] = None,
-    top_k: Annotated[
-        int | None, typer.Option(help="Passages retrieved by the rag systems (eval.top_k).")
-    ] = None,
-    search_mode: Annotated[
-        str | None, typer.Option(help="dense|keyword|hybrid (eval.search_mode).")
-    ] = None,
-    negatives: Annotated[
-        Path | None,
-        typer.Option(help="Off-topic questions (JSONL or one a line): refusal is right."),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Only the first N questions of --qa (a subset).")
-    ] = None,
-    server: Annotated[
-        str | None, typer.Option(help="Evaluate a running kbqa at this URL instead.")
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(help="API key for --server (default: eval.api_key, KBQA_EVAL__API_KEY)."),
-    ] = None,
-    restart: Annotated[
-        bool, typer.Option(help="Discard the results already in --out instead of resuming.")
-    ] = False,
-    likelihood: Annotated[
-        bool | None,
-        typer.Option(
-            "--likelihood/--no-likelihood",
-            help="Gold-answer likelihood (NLL, perplexity) under each system's prompt; "
-            "in-process only (eval.likelihood).",
-            show_default=False,
-        ),
-    ] = None,
-    probe: Annotated[
-        bool | None,
-        typer.Option(
-            "--probe/--no-probe",
-            help="Forgetting probe: general questions asked of base and lora when a lora "
-            "system runs (eval.probe).",
-            show_default=False,
-        ),
-    ] = None,
-    probe_file: Annotated[
-        Path | None,
-        typer.Option(help="Questions of the forgetting probe, JSONL (eval.probe_file)."),
-    ] = None,
-    sampling_temperature: Annotated[
-        float | None,
-        typer.Option(
-            help="After the main run, ask every question again --sampling-repeats times at "
-            "this temperature; 0: no sampled run (eval.sampling_temperature)."
-        ),
-    ] = None,
-    sampling_repeats: Annotated[
-        int | None,
-        typer.Option(help="Answers per question in the sampled run (eval.sampling_repeats)."),
-    ] = None,
+    qa: _QaOpt,
+    out: _OutOpt,
+    kb: _KbOpt = None,
+    model: _ModelOpt = None,
+    adapter: _AdapterOpt = None,
+    systems: _SystemsOpt = None,
+    repeats: _RepeatsOpt = None,
+    temperature: _TemperatureOpt = None,
+    max_tokens: _MaxTokensOpt = None,
+    top_k: _TopKOpt = None,
+    search_mode: _SearchModeOpt = None,
+    negatives: _NegativesOpt = None,
+    limit: _LimitOpt = None,
+    server: _ServerOpt = None,
+    api_key: _ApiKeyOpt = None,
+    restart: _RestartOpt = False,
+    likelihood: _LikelihoodOpt = None,
+    probe: _ProbeOpt = None,
+    probe_file: _ProbeFileOpt = None,
+    sampling_temperature: _SamplingTemperatureOpt = None,
+    sampling_repeats: _SamplingRepeatsOpt = None,
     config: ConfigOpt = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "warning",
+    data_dir: DataDirOpt = None,
+    log_level: _LogLevelOpt = "warning",
 ) -> None:
     """Ask every question of --qa N times per system, score, and write the report.
 

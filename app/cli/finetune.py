@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from app.cli.common import settings_or_exit, setup_logging
+from app.cli.common import DataDirOpt, settings_or_exit, setup_logging
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -27,7 +27,6 @@ FinetuneConfigOpt = Annotated[
         "`finetune:`, over the settings (KBQA_CONFIG, KBQA_FINETUNE__*).",
     ),
 ]
-DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory (settings data_dir).")]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -99,38 +98,46 @@ def _kb_examples(
     return examples + generated.examples, generated
 
 
+_DataInputsOpt = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="QA (question, answers, source), alpaca (instruction, input, output) or "
+        "conversations/messages files: JSONL, or a JSON list."
+    ),
+]
+_DataOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Train JSONL to write.")]
+_DataKbOpt = Annotated[
+    str | None,
+    typer.Option(help="Also use this knowledge base: its chunks as knowledge examples."),
+]
+_DataGenerateQaOpt = Annotated[
+    bool,
+    typer.Option("--generate-qa", help="With --kb: QA pairs written by the configured LLM."),
+]
+_DataHoldoutOpt = Annotated[
+    float | None,
+    typer.Option(help="Fraction held out as a test split (written as <out>.holdout.jsonl)."),
+]
+_DataHoldoutByOpt = Annotated[
+    str | None, typer.Option(help="Holdout unit: question or source (document).")
+]
+_DataSeedOpt = Annotated[int | None, typer.Option(help="Seed of the holdout split.")]
+_DataMaxChunksOpt = Annotated[
+    int | None,
+    typer.Option(help="With --kb: at most this many chunks, evenly spaced (0: all)."),
+]
+
+
 @finetune_app.command("data")
 def data_cmd(
-    inputs: Annotated[
-        list[Path] | None,
-        typer.Argument(
-            help="QA (question, answers, source), alpaca (instruction, input, output) or "
-            "conversations/messages files: JSONL, or a JSON list."
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Train JSONL to write.")] = Path(
-        "train.jsonl"
-    ),
-    kb: Annotated[
-        str | None,
-        typer.Option(help="Also use this knowledge base: its chunks as knowledge examples."),
-    ] = None,
-    generate_qa: Annotated[
-        bool,
-        typer.Option("--generate-qa", help="With --kb: QA pairs written by the configured LLM."),
-    ] = False,
-    holdout: Annotated[
-        float | None,
-        typer.Option(help="Fraction held out as a test split (written as <out>.holdout.jsonl)."),
-    ] = None,
-    holdout_by: Annotated[
-        str | None, typer.Option(help="Holdout unit: question or source (document).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the holdout split.")] = None,
-    max_chunks: Annotated[
-        int | None,
-        typer.Option(help="With --kb: at most this many chunks, evenly spaced (0: all)."),
-    ] = None,
+    inputs: _DataInputsOpt = None,
+    out: _DataOutOpt = Path("train.jsonl"),
+    kb: _DataKbOpt = None,
+    generate_qa: _DataGenerateQaOpt = False,
+    holdout: _DataHoldoutOpt = None,
+    holdout_by: _DataHoldoutByOpt = None,
+    seed: _DataSeedOpt = None,
+    max_chunks: _DataMaxChunksOpt = None,
     config: FinetuneConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:

@@ -11,11 +11,9 @@ from typing import Annotated, Any, cast
 
 import typer
 
-from app.cli.common import ConfigOpt, settings_or_exit, setup_logging
+from app.cli.common import ConfigOpt, DataDirOpt, settings_or_exit, setup_logging
 
 kb_app = typer.Typer(help="Manage knowledge bases.", no_args_is_help=True)
-
-DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory.")]
 
 
 def _service(config: Path | None, data_dir: Path | None, **overrides: Any) -> Any:
