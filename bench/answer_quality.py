@@ -65,7 +65,7 @@ def build_kb(data: Path, out: Path, held_out: int) -> tuple[list[dict], list[dic
                 if f.name not in left_out:
                     kb.upload("cmrc", f.name, f.read_bytes())
             started = time.perf_counter()
-            kb.run_pending(max_jobs=len(files) + 1)
+            kb.pipeline.run_pending(max_jobs=len(files) + 1)
             print(
                 f"ingested files={len(files) - len(left_out)} "
                 f"seconds={time.perf_counter() - started:.1f}",

@@ -85,7 +85,7 @@ def ingest_throughput(
     """1. End to end, upload -> searchable through the worker thread, against embedding the
     same chunks alone; returns the chunks' texts."""
     service.create_kb("cmrc")
-    worker = Worker(service, settings.ingest.workers, 0.05)
+    worker = Worker(service.pipeline, settings.ingest.workers, 0.05)
     started = time.perf_counter()
     worker.start()
     jobs = [service.upload("cmrc", f.name, f.read_bytes()).job for f in files]

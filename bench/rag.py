@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
             for f in files:
                 kb.upload("cmrc", f.name, f.read_bytes())
             started = time.perf_counter()
-            kb.run_pending(max_jobs=len(files) + 1)
+            kb.pipeline.run_pending(max_jobs=len(files) + 1)
             print(f"ingested files={len(files)} seconds={time.perf_counter() - started:.1f}")
         print(
             f"model={services.llm.name} device={services.llm.device} embedder="

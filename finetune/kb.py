@@ -74,6 +74,22 @@ def spread(chunks: list[KBChunk], limit: int) -> list[KBChunk]:
     return [chunks[int(i * step)] for i in range(limit)]
 
 
+def _qa_example(
+    example_id: str, question: str, answer: str, chunk: KBChunk, knowledge: bool = False
+) -> SFTExample:
+    """One user question and its assistant answer, sourced to the chunk's document."""
+    return SFTExample(
+        id=example_id,
+        messages=[
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ],
+        source=chunk.document,
+        answers=[answer],
+        knowledge=knowledge,
+    )
+
+
 def chunk_examples(chunks: Iterable[KBChunk], settings: FinetuneDataSettings) -> list[SFTExample]:
     """Knowledge-injection examples: "what does <title> say?" -> the chunk text.
 
@@ -93,18 +109,8 @@ def chunk_examples(chunks: Iterable[KBChunk], settings: FinetuneDataSettings) ->
             question += settings.kb_part_template.format(
                 part=seen[chunk.title], parts=per_title[chunk.title]
             )
-        answer = chunk.text.strip()
         examples.append(
-            SFTExample(
-                id=f"kb-{chunk.chunk_id}",
-                messages=[
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ],
-                source=chunk.document,
-                answers=[answer],
-                knowledge=True,
-            )
+            _qa_example(f"kb-{chunk.chunk_id}", question, chunk.text.strip(), chunk, knowledge=True)
         )
     return examples
 
@@ -294,14 +300,6 @@ def _keep_pairs(
         else:
             seen.add(key)
             kept.append(
-                SFTExample(
-                    id=f"gen-{chunk.chunk_id}-{len(kept) + 1}",
-                    messages=[
-                        {"role": "user", "content": question},
-                        {"role": "assistant", "content": answer},
-                    ],
-                    source=chunk.document,
-                    answers=[answer],
-                )
+                _qa_example(f"gen-{chunk.chunk_id}-{len(kept) + 1}", question, answer, chunk)
             )
     return kept

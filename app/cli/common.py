@@ -1,4 +1,5 @@
-"""What every ``kbqa`` command shares: the ``--config`` option, loading the settings, logging.
+"""What every ``kbqa`` command shares: the ``--config`` option, loading the settings, logging,
+the progress bar.
 
 The sub-app modules import this at the top; ``app.cli`` imports them (never the reverse)."""
 
@@ -6,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -32,4 +33,26 @@ def setup_logging(level: str = "info") -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+
+def progress_bar(*extra: Any) -> Any:
+    """A rich progress bar: description, bar, done/total, elapsed and remaining time, then
+    the ``extra`` columns."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        *extra,
     )

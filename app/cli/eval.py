@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.cli.common import ConfigOpt, DataDirOpt, settings_or_exit, setup_logging
+from app.cli.common import ConfigOpt, DataDirOpt, progress_bar, settings_or_exit, setup_logging
 
 if TYPE_CHECKING:
     from eval.experiment import ExperimentResult
@@ -203,22 +203,7 @@ def compare_cmd(
 
 def _progress() -> tuple[Any, Callable[[int, int], None], Callable[[dict[str, Any]], None]]:
     """A progress bar of the comparison and its two callbacks (start, each answer)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
+    progress = progress_bar()
     task = progress.add_task("loading", total=None)
 
     def on_start(total: int, done: int) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from app.cli.common import DataDirOpt, settings_or_exit, setup_logging
+from app.cli.common import DataDirOpt, progress_bar, settings_or_exit, setup_logging
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -67,7 +67,7 @@ def _kb_examples(
 ) -> tuple[list[Any], Any]:
     """Knowledge-injection examples of a knowledge base (+ LLM-written QA pairs, with a
     progress bar), and the generation's result (None without ``generate``)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import TextColumn
 
     from finetune.data import DataError
     from finetune.kb import chunk_examples
@@ -78,11 +78,8 @@ def _kb_examples(
         examples = chunk_examples(chunks, ft.data)
         if not generate:
             return examples, None
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("pairs {task.fields[kept]}  dropped {task.fields[dropped]}"),
+        with progress_bar(
+            TextColumn("pairs {task.fields[kept]}  dropped {task.fields[dropped]}")
         ) as progress:
             task = progress.add_task("generate-qa", total=len(chunks), kept=0, dropped=0)
             totals = {"kept": 0, "dropped": 0}

@@ -11,7 +11,7 @@ from typing import Annotated, Any, cast
 
 import typer
 
-from app.cli.common import ConfigOpt, DataDirOpt, settings_or_exit, setup_logging
+from app.cli.common import ConfigOpt, DataDirOpt, progress_bar, settings_or_exit, setup_logging
 
 kb_app = typer.Typer(help="Manage knowledge bases.", no_args_is_help=True)
 
@@ -46,8 +46,6 @@ def ingest_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Ingest files in the foreground: progress bar, then a summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from ingest.errors import IngestError
 
     service = _service(config, data_dir)
@@ -61,9 +59,7 @@ def ingest_cmd(
     chunks = duplicates = 0
     failures: list[tuple[str, str]] = []
     claimed: list[Any] = []
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=False
-    ) as progress:
+    with progress_bar() as progress:
         uploads = progress.add_task("upload", total=len(files))
         for file, name in files:
             try:
@@ -75,14 +71,14 @@ def ingest_cmd(
                 if result.status == "duplicate":
                     duplicates += 1
                 elif result.job is not None:
-                    job = service.claim(result.job.id)
+                    job = service.pipeline.claim(result.job.id)
                     if job is not None:  # else a running `kbqa worker` took it
                         claimed.append(job)
             progress.advance(uploads)
         ingesting = progress.add_task("ingest", total=len(claimed))
         step = service.ingest_settings.batch_jobs
         for start in range(0, len(claimed), step):
-            for job in service.run_jobs(claimed[start : start + step]):
+            for job in service.pipeline.run_jobs(claimed[start : start + step]):
                 if job.state == "succeeded":
                     chunks += job.chunks
                 else:
@@ -113,7 +109,9 @@ def worker_cmd(
     setup_logging(settings.server.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     service = KnowledgeBaseService.from_settings(settings)
-    worker = Worker(service, max(settings.ingest.workers, 1), settings.ingest.poll_interval_s)
+    worker = Worker(
+        service.pipeline, max(settings.ingest.workers, 1), settings.ingest.poll_interval_s
+    )
 
     def stop(*_: Any) -> None:
         worker._stop.set()

@@ -34,12 +34,36 @@ def hit_to_document(hit: SearchHit) -> Document:
     return Document(page_content=hit.text, metadata=metadata, id=metadata.get("chunk_id"))
 
 
+def relevant(
+    doc: Document,
+    query: str,
+    *,
+    min_dense_score: float = 0.0,
+    min_keyword_score: float = 0.0,
+    min_coverage: float = 0.0,
+) -> bool:
+    """The relevance gate (all thresholds 0: every passage passes)."""
+    if min_coverage > 0:
+        # a retry's query is the earlier question(s) and this one, a line each: the passage
+        # must cover one of them
+        lines = [line for line in query.splitlines() if line.strip()] or [query]
+        if max(coverage(doc.page_content, line) for line in lines) < min_coverage:
+            return False
+    if min_dense_score <= 0 and min_keyword_score <= 0:
+        return True
+    dense = doc.metadata.get("dense_score")
+    keyword = doc.metadata.get("keyword_score")
+    return (dense is not None and min_dense_score > 0 and dense >= min_dense_score) or (
+        keyword is not None and min_keyword_score > 0 and keyword >= min_keyword_score
+    )
+
+
 class KnowledgeBaseRetriever(BaseRetriever):
     """Chunks of one or more knowledge bases for a query, best first."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    search: KnowledgeBaseSearch | None = Field(description="the search of each knowledge base")
+    search: KnowledgeBaseSearch = Field(description="the search of each knowledge base")
     knowledge_bases: list[str] = Field(min_length=1)
     top_k: int = Field(5, ge=1)
     score_threshold: float = Field(0.0, ge=0, le=1)
@@ -51,27 +75,14 @@ class KnowledgeBaseRetriever(BaseRetriever):
     rerank_candidates: int = Field(20, ge=1)
 
     def relevant(self, doc: Document, query: str) -> bool:
-        """The relevance gate (all thresholds 0: every passage passes)."""
-        if self.min_coverage > 0:
-            # a retry's query is the earlier question(s) and this one, a line each: the
-            # passage must cover one of them
-            lines = [line for line in query.splitlines() if line.strip()] or [query]
-            if max(coverage(doc.page_content, line) for line in lines) < self.min_coverage:
-                return False
-        if self.min_dense_score <= 0 and self.min_keyword_score <= 0:
-            return True
-        dense = doc.metadata.get("dense_score")
-        keyword = doc.metadata.get("keyword_score")
-        return (
-            dense is not None and self.min_dense_score > 0 and dense >= self.min_dense_score
-        ) or (
-            keyword is not None and self.min_keyword_score > 0 and keyword >= self.min_keyword_score
+        """The relevance gate with this retriever's thresholds."""
+        return relevant(
+            doc,
+            query,
+            min_dense_score=self.min_dense_score,
+            min_keyword_score=self.min_keyword_score,
+            min_coverage=self.min_coverage,
         )
-
-    def _search(self) -> KnowledgeBaseSearch:
-        if self.search is None:
-            raise RuntimeError("this retriever has no search (built for its relevance gate only)")
-        return self.search
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
@@ -79,7 +90,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
         take = max(self.top_k, self.rerank_candidates) if self.reranker else self.top_k
         docs: list[Document] = []
         for kb in dict.fromkeys(self.knowledge_bases):
-            hits = self._search().search(kb, query, take, self.score_threshold, self.search_mode)
+            hits = self.search.search(kb, query, take, self.score_threshold, self.search_mode)
             docs.extend(hit_to_document(h) for h in hits)
         docs.sort(key=lambda d: -float(d.metadata["score"]))
         if self.reranker is not None and docs:

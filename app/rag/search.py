@@ -45,7 +45,7 @@ class KnowledgeBaseSearch:
     ) -> list[SearchHit]:
         """NotFoundError for an unknown knowledge base, InputTooLargeError for a query over
         ``embeddings.max_input_chars``, InvalidNameError for an unknown mode."""
-        self.kb.check_text(query, "query")
+        self.kb.embedder.check_text(query, "query")
         self.kb.open_kb(kb)
         k = top_k or self.settings.top_k
         threshold = self.settings.score_threshold if score_threshold is None else score_threshold

@@ -74,7 +74,7 @@ def build_kb(settings: Settings, closables: list) -> KnowledgeBaseService:
     closables.append(kb)
     if settings.ingest.workers > 0:
         closables.append(
-            Worker(kb, settings.ingest.workers, settings.ingest.poll_interval_s).start()
+            Worker(kb.pipeline, settings.ingest.workers, settings.ingest.poll_interval_s).start()
         )
     return kb
 

@@ -401,7 +401,9 @@ class RagService:
             raise ValueError("the question is empty")
         if not knowledge_bases:
             raise ValueError("name at least one knowledge base")
-        self.kb.check_text(question, "question")  # InputTooLargeError -> 413, before any work
+        self.kb.embedder.check_text(
+            question, "question"
+        )  # InputTooLargeError -> 413, before any work
         for name in knowledge_bases:
             self.kb.get_kb(name)  # NotFoundError -> 404
 

@@ -65,15 +65,16 @@ class FakeKbService:
         self.ingest_settings = SimpleNamespace(max_file_bytes=100, max_files_per_request=3)
         self.retrieval = SimpleNamespace(mode="hybrid")
         self.embeddings = SimpleNamespace(name="fake-embeddings")
+        self.embedder = SimpleNamespace(check_text=self._fail, embed=self._fail)
 
     def _fail(self, *_: Any, **__: Any) -> Any:
         if self.error is not None:
             raise self.error
         return []
 
-    create_kb = get_kb = delete_kb = list_kbs = check_text = open_kb = _fail
+    create_kb = get_kb = delete_kb = list_kbs = open_kb = _fail
     list_documents = get_document = delete_document = list_chunks = _fail
-    list_jobs = get_job = embed = _fail
+    list_jobs = get_job = _fail
 
     def check_upload(self, name: str, size: int | None) -> None:
         if name.endswith(".bad"):

@@ -33,7 +33,7 @@ def server(
 
     def factory(s: Settings) -> Services:  # the LLM is not needed here
         kb = KnowledgeBaseService.from_settings(s, build_embeddings(s.embeddings))
-        worker = Worker(kb, threads=1, poll_interval_s=0.1).start()
+        worker = Worker(kb.pipeline, threads=1, poll_interval_s=0.1).start()
         return Services(llm=None, kb=kb, closables=[kb, worker])
 
     with live_server_factory(create_app(settings, services_factory=factory)) as live:

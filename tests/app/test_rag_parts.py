@@ -105,7 +105,7 @@ def test_fallback_policy_and_context_limit(models_dir: Path, tmp_path: Path) -> 
             assert services.kb is not None and services.rag is not None
             services.kb.create_kb("k")
             services.kb.upload("k", "towers.txt", (LONG + " ").encode() * 6)
-            services.kb.run_pending(max_jobs=5)
+            services.kb.pipeline.run_pending(max_jobs=5)
             off = await services.rag.answer("Qu'est-ce que la photosynthèse?", ["k"])
             assert off.refused is False and off.grounded is False and off.sources == []
             assert off.completion_tokens > 0 and off.answer
@@ -165,7 +165,7 @@ def test_reranker_reorders_by_cross_encoder_scores(tmp_path: Path) -> None:
         }
         for name, text in texts.items():
             kb.upload("k", name, text.encode())
-        kb.run_pending(max_jobs=5)
+        kb.pipeline.run_pending(max_jobs=5)
         reranker = CrossEncoderReranker(str(model_dir))
         retriever = KnowledgeBaseRetriever(
             search=KnowledgeBaseSearch(kb),
@@ -219,7 +219,7 @@ def test_configured_prompt_and_refusal_are_used(models_dir: Path, tmp_path: Path
             llm.stream = spy
             services.kb.create_kb("k")
             services.kb.upload("k", "towers.txt", LONG.encode())
-            services.kb.run_pending(max_jobs=5)
+            services.kb.pipeline.run_pending(max_jobs=5)
             off = await services.rag.answer("Qu'est-ce que la photosynthèse?", ["k"])
             assert off.refused and off.answer == "Nothing in our documents covers that."
             assert seen == []
@@ -348,33 +348,29 @@ def test_quote_replaces_a_paraphrase_with_the_source_sentence() -> None:
 def test_relevance_gate_needs_the_question_terms() -> None:
     """A passage close in meaning (dense score over the threshold) but without the name asked
     about fails the gate's coverage part; a follow-up's retry query passes on either line."""
-    from app.rag.focus import coverage
-    from app.rag.retriever import KnowledgeBaseRetriever
+    from functools import partial
 
-    gate = KnowledgeBaseRetriever(
-        search=None,
-        knowledge_bases=["kb"],
-        min_dense_score=0.86,
-        min_keyword_score=0.5,
-        min_coverage=0.45,
-    )
+    from app.rag.focus import coverage
+    from app.rag.retriever import relevant
+
+    gate = partial(relevant, min_dense_score=0.86, min_keyword_score=0.5, min_coverage=0.45)
     near = Document(
         page_content="高句丽长寿王在位期间迁都平壤，并多次出兵百济。",
         metadata={"dense_score": 0.9, "keyword_score": 0.2},
     )
     question = "耶律留哥死后，谁统治辽东？"
     assert coverage(near.page_content, question) < 0.45
-    assert not gate.relevant(near, question)
+    assert not gate(near, question)
     right = Document(
         page_content="耶律留哥死后，其妻姚里氏统治辽东，后归附蒙古。",
         metadata={"dense_score": 0.9, "keyword_score": 0.2},
     )
-    assert gate.relevant(right, question)
+    assert gate(right, question)
     low = Document(page_content=right.page_content, metadata={"dense_score": 0.5})
-    assert not gate.relevant(low, question)  # coverage alone is not enough
+    assert not gate(low, question)  # coverage alone is not enough
     # a retry query: the earlier question, then the elliptical follow-up
-    assert gate.relevant(right, f"{question}\n他的妻子叫什么？")
-    assert KnowledgeBaseRetriever(search=None, knowledge_bases=["kb"]).relevant(near, question)
+    assert gate(right, f"{question}\n他的妻子叫什么？")
+    assert relevant(near, question)  # no thresholds: every passage passes
 
 
 def test_a_list_number_is_not_a_sentence_answer() -> None:

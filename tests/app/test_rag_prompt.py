@@ -44,7 +44,7 @@ def test_prompt_messages_are_what_the_answer_sends(models_dir: Path, tmp_path: P
             llm.stream = spy
             services.kb.create_kb("k")
             services.kb.upload("k", "towers.txt", TEXT.encode())
-            services.kb.run_pending(max_jobs=5)
+            services.kb.pipeline.run_pending(max_jobs=5)
             question = "What does the second sentence talk about?"
             options = RagOptions(top_k=2)
             answer = await services.rag.answer(question, ["k"], options=options)

@@ -76,7 +76,7 @@ def setup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     kb.create_kb("facts")
     for name, text in DOCS.items():
         kb.upload("facts", name, text.encode())
-    done = kb.run_pending(max_jobs=len(DOCS))
+    done = kb.pipeline.run_pending(max_jobs=len(DOCS))
     assert [j.state for j in done] == ["succeeded"] * len(DOCS)
     kb.close()
 

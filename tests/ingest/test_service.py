@@ -30,7 +30,7 @@ DOC_B = "8.1.4.1 身份鉴别\n应对登录的用户进行身份标识和鉴别�
 def _ingest(service: KnowledgeBaseService, kb: str, name: str, data: bytes) -> str:
     result = service.upload(kb, name, data)
     assert result.status == "queued" and result.job is not None
-    [job] = service.run_pending(result.job.id)
+    [job] = service.pipeline.run_pending(result.job.id)
     assert job.state == "succeeded", job
     assert result.doc_id is not None
     return result.doc_id
@@ -119,10 +119,10 @@ def test_job_rerun_is_idempotent(service: KnowledgeBaseService) -> None:
     service.create_kb("idem")
     result = service.upload("idem", "a.txt", DOC_A.encode())
     assert result.job is not None
-    [first] = service.run_pending(result.job.id)
+    [first] = service.pipeline.run_pending(result.job.id)
     with service.catalog.connect() as db:  # as if the job had been interrupted and requeued
         db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (result.job.id,))
-    [second] = service.run_pending(result.job.id)
+    [second] = service.pipeline.run_pending(result.job.id)
     assert second.state == "succeeded" and second.attempts == 2
     assert (
         second.chunks
@@ -136,7 +136,7 @@ def test_bad_file_fails_only_its_job(service: KnowledgeBaseService) -> None:
     service.create_kb("mixed")
     bad = service.upload("mixed", "fake.docx", b"not a zip at all")
     good = service.upload("mixed", "a.txt", DOC_A.encode())
-    worker = Worker(service, threads=1, poll_interval_s=0.1).start()
+    worker = Worker(service.pipeline, threads=1, poll_interval_s=0.1).start()
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -161,7 +161,7 @@ def _run_worker_until_done(
     service: KnowledgeBaseService, job_ids: list[str], timeout_s: float
 ) -> list[Job]:
     """Run a worker thread until every job is finished (or the timeout); the final jobs."""
-    worker = Worker(service, threads=1, poll_interval_s=0.1).start()
+    worker = Worker(service.pipeline, threads=1, poll_interval_s=0.1).start()
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -218,14 +218,14 @@ def test_worker_stopped_during_a_parse_queues_the_job_again(
 ) -> None:
     """Stopping the worker kills a long parse at once (no waiting for the time limit) and
     the job goes back to the queue instead of failing."""
-    caplog.set_level(logging.INFO, logger="ingest.worker")
+    caplog.set_level(logging.INFO, logger="ingest.parse")
     service = KnowledgeBaseService.from_settings(make_settings(tmp_path / "data"), embeddings)
     try:
         service.create_kb("stop")
         result = service.upload("stop", "merged.docx", merged_table_docx(2000))
         assert result.job is not None
         job_id = result.job.id
-        worker = Worker(service, threads=1, poll_interval_s=0.1).start()
+        worker = Worker(service.pipeline, threads=1, poll_interval_s=0.1).start()
         deadline = time.monotonic() + 60
         while "event=parse_process_started" not in caplog.text:
             assert time.monotonic() < deadline, "the parse did not start"
@@ -430,15 +430,15 @@ def test_embedding_limits_are_checked_before_any_work(service: KnowledgeBaseServ
 
     started = time.perf_counter()
     with pytest.raises(InputTooLargeError, match=r"embeddings\.max_inputs"):
-        service.embed(["x"] * 100_000)
+        service.embedder.embed(["x"] * 100_000)
     with pytest.raises(InputTooLargeError, match="input 1 has 250000 characters"):
-        service.embed(["ok", "a " * 125_000])
+        service.embedder.embed(["ok", "a " * 125_000])
     service.create_kb("limits")
     with pytest.raises(InputTooLargeError, match="query has 5000000 characters"):
         KnowledgeBaseSearch(service).search("limits", "a " * 2_500_000)
     assert time.perf_counter() - started < 5
-    limit = service.limits.max_input_chars
-    assert len(service.embed(["字" * limit], "passage")) == 1  # at the limit: embedded
+    limit = service.embedder.limits.max_input_chars
+    assert len(service.embedder.embed(["字" * limit], "passage")) == 1  # at the limit: embedded
 
 
 def test_a_client_that_leaves_stops_its_embedding_work(service: KnowledgeBaseService) -> None:
@@ -451,7 +451,7 @@ def test_a_client_that_leaves_stops_its_embedding_work(service: KnowledgeBaseSer
         return len(checks) > 2  # the client leaves after two inputs
 
     with pytest.raises(RequestCancelledError, match="after 2 of 50"):
-        service.embed([f"文本 {i}" for i in range(50)], cancelled=cancelled)
+        service.embedder.embed([f"文本 {i}" for i in range(50)], cancelled=cancelled)
     assert len(checks) == 3
 
 
@@ -492,7 +492,7 @@ def test_a_search_runs_while_a_large_embedding_request_is_still_going(
     texts = [f"第{i}段文字，关于熊猫和竹子。" for i in range(30 * service.embeddings.batch_size)]
 
     def large() -> None:
-        service.embed(texts, "passage", cancelled=lambda: bool(batches.append(1)))
+        service.embedder.embed(texts, "passage", cancelled=lambda: bool(batches.append(1)))
 
     thread = threading.Thread(target=large)
     thread.start()
@@ -500,7 +500,7 @@ def test_a_search_runs_while_a_large_embedding_request_is_still_going(
     while len(batches) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    service.embed(["熊猫吃什么？"])  # a search's query
+    service.embedder.embed(["熊猫吃什么？"])  # a search's query
     done_when = len(batches)
     thread.join(300)
     assert done_when < 30, f"the query waited for {done_when} of 30 batches"

@@ -37,7 +37,7 @@ def embeddings(
     def cancelled() -> bool:  # this route runs in a worker thread: ask the event loop
         return bool(anyio.from_thread.run(request.is_disconnected))
 
-    vectors = service.embed(texts, body.input_type, cancelled=cancelled)
+    vectors = service.embedder.embed(texts, body.input_type, cancelled=cancelled)
     tokens = sum(len(t) for t in texts)  # characters: the packaged engines expose no tokenizer
     return EmbeddingsResponse(
         data=[
