@@ -1,4 +1,6 @@
-"""Shared fixtures: a converted packaged model reused by the whole run, and a live server."""
+"""Shared fixtures: the packaged models converted once for the whole run, live uvicorn
+servers (one per configuration, shared by every module that uses it, see ``SERVERS``), and
+the job poller."""
 
 from __future__ import annotations
 
@@ -45,6 +47,10 @@ class LiveServer:
 
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.app = app
+        self.settings: Any = None  # of a shared server (ServerPool)
+        self.model: str | None = None
+        self.api_key: str | None = None  # None: no key needed
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", http=http or http_protocol()
         )
@@ -80,7 +86,133 @@ def run_server(app: Any, http: Any = None) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="session")
 def live_server_factory() -> Callable[[Any], Any]:
+    """A server of one test's own app (an app built for that test alone: a trained adapter,
+    a wrapped embedder); configurations that several tests use are in ``SERVERS``."""
     return run_server
+
+
+# ------------------------------------------------------------------ shared live servers
+API_KEY = "test-key-123"
+
+
+def make_adapter(models_dir: Path, out: Path, model: str = "smollm2-135m-instruct") -> Path:
+    """A LoRA adapter of ``model`` with random (non-zero) weights: it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from app.llm.models import resolve_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(model, models_dir).path)
+    config = LoraConfig(
+        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+def _model_server(model: str, backend: str) -> Callable[[Path, Path], dict[str, Any]]:
+    """A model on ``backend`` with a random adapter ``test-lora``, the API key on, one slot
+    and no queue (a second request while one runs is 503), answers of 16 tokens unless the
+    request asks for more, small chunks."""
+
+    def overrides(tmp: Path, models_dir: Path) -> dict[str, Any]:
+        return {
+            "models_dir": models_dir,
+            "llm.backend": backend,
+            "llm.model": model,
+            "api_keys": [API_KEY],
+            "llm.context_length": 1024,
+            "llm.max_concurrency": 1,
+            "llm.max_queue": 0,
+            "llm.max_new_tokens": 16,
+            "llm.adapters": {"test-lora": str(make_adapter(models_dir, tmp / "adapter", model))},
+            "ingest.chunk_size": 120,
+            "ingest.chunk_overlap": 10,
+        }
+
+    return overrides
+
+
+def _web(tmp: Path, models_dir: Path) -> dict[str, Any]:
+    """The web page's: SmolLM2, the API key on, 32-token answers, page-sized chunks."""
+    return {
+        "models_dir": models_dir,
+        "api_keys": [API_KEY],
+        "llm.context_length": 1024,
+        "llm.max_new_tokens": 32,
+        "ingest.chunk_size": 300,
+        "ingest.chunk_overlap": 40,
+        "ingest.poll_interval_s": 0.2,
+    }
+
+
+def _no_llm(tmp: Path, models_dir: Path) -> dict[str, Any]:
+    """Knowledge bases, ingest and search without a model: no key, small chunks and files."""
+    return {
+        "models_dir": models_dir,
+        "llm.backend": "none",
+        "ingest.workers": 1,
+        "ingest.poll_interval_s": 0.1,
+        "ingest.chunk_size": 120,
+        "ingest.chunk_overlap": 20,
+        "ingest.max_file_bytes": 4000,
+    }
+
+
+# name -> the settings overrides of that server (given its temp dir and the models dir); the
+# data dir is the temp dir's data/
+SERVERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
+    "smollm2": _model_server("smollm2-135m-instruct", "transformers"),
+    "qwen-llamacpp": _model_server("qwen2.5-coder-0.5b-instruct", "llamacpp"),
+    "web": _web,
+    "no-llm": _no_llm,
+}
+
+
+class ServerPool:
+    """The live servers of ``SERVERS``, each started the first time a test asks for it and
+    stopped when the test run ends. A server carries ``app``, ``settings``, ``model`` and
+    ``api_key`` (None: no key needed)."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.models_dir = models_dir
+        self.servers: dict[str, LiveServer] = {}
+
+    def __call__(self, name: str) -> LiveServer:
+        if name not in self.servers:
+            from app.main import create_app
+            from app.settings import load_settings
+
+            tmp = self.tmp_path_factory.mktemp(f"server-{name}")
+            overrides = {"data_dir": tmp / "data", **SERVERS[name](tmp, self.models_dir)}
+            settings = load_settings(None, **overrides)
+            app = create_app(settings)
+            server = LiveServer(app, free_port())
+            server.start()
+            server.settings, server.model = settings, settings.llm.model
+            if settings.api_keys:
+                server.api_key = settings.api_keys[0].get_secret_value()
+            self.servers[name] = server
+        return self.servers[name]
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        self.servers.clear()
+
+
+@pytest.fixture(scope="session")
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path
+) -> Iterator[ServerPool]:
+    """``shared_server(name)``: the live server of configuration ``name`` (``SERVERS``),
+    one for the whole run."""
+    pool = ServerPool(tmp_path_factory, models_dir)
+    yield pool
+    pool.close()
 
 
 def finished_job(client: Any, job_id: str, timeout: float = 300) -> dict[str, Any]:

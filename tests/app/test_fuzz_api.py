@@ -5,7 +5,6 @@ error in the OpenAI shape."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,23 +14,16 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
-from app.main import create_app  # noqa: E402
-from app.settings import load_settings  # noqa: E402
-
 EXAMPLES = 25  # per operation: bounded, the suite stays fast
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any) -> Iterator[Any]:
-    overrides: dict[str, Any] = {
-        "data_dir": tmp_path_factory.mktemp("fuzz"),
-        "llm.backend": "none",
-        "ingest.workers": 0,
-    }
-    with live_server_factory(create_app(load_settings(**overrides))) as live:
-        schema = schemathesis.openapi.from_url(f"{live.url}/openapi.json")
-        schema.config.update(base_url=live.url)
-        yield schema
+def api(shared_server: Any) -> Any:
+    """The schema of the shared server without a model (tests/conftest.py)."""
+    live = shared_server("no-llm")
+    schema = schemathesis.openapi.from_url(f"{live.url}/openapi.json")
+    schema.config.update(base_url=live.url)
+    return schema
 
 
 def _openai_shaped(response: Any) -> None:

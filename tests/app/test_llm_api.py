@@ -9,76 +9,33 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from app.main import create_app
-from app.settings import load_settings
-
-KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # a request that keeps its slot busy for many tokens (a chat model answers the question above
 # in a dozen tokens and ends)
 LONG = [{"role": "user", "content": "Write a very long story about a journey around France."}]
 
 
-# each in-process backend with its model: transformers runs the tiny SmolLM2, llama.cpp the
-# packaged Qwen-0.5B (the CPU default's family; SmolLM2's Q4 weights on llama.cpp answer the
-# question below with something else than transformers' fp32 copy does)
-MODELS = {"transformers": "smollm2-135m-instruct", "llamacpp": "qwen2.5-coder-0.5b-instruct"}
+# each in-process backend with its model, as shared servers of tests/conftest.py (API key on,
+# one slot, no queue, a random adapter "test-lora"): transformers runs the tiny SmolLM2,
+# llama.cpp the packaged Qwen-0.5B (the CPU default's family; SmolLM2's Q4 weights on
+# llama.cpp answer the question above with something else than transformers' fp32 copy does)
+SERVERS = {"transformers": "smollm2", "llamacpp": "qwen-llamacpp"}
 
 
-def make_adapter(models_dir: Path, out: Path, model: str = MODELS["transformers"]) -> Path:
-    """A LoRA adapter with random (non-zero) weights: it must change the model's answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from app.llm.models import resolve_model
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(model, models_dir).path)
-    config = LoraConfig(
-        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-    )
-    get_peft_model(base, config).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
-def server(
-    request: pytest.FixtureRequest,
-    models_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    live_server_factory: Any,
-) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("llm-api")
-    model = MODELS[request.param]
-    adapter = make_adapter(models_dir, tmp / "adapter", model)
-    settings = load_settings(
-        **{
-            "data_dir": tmp / "data",
-            "models_dir": models_dir,
-            "llm.backend": request.param,
-            "llm.model": model,
-            "api_keys": [KEY],
-            "llm.context_length": 1024,
-            "llm.max_queue": 0,
-            "llm.adapters": {"test-lora": str(adapter)},
-        }
-    )
-    with live_server_factory(create_app(settings)) as live:
-        live.model = model
-        yield live
+@pytest.fixture(scope="module", params=list(SERVERS))
+def server(request: pytest.FixtureRequest, shared_server: Any) -> Any:
+    return shared_server(SERVERS[request.param])
 
 
 @pytest.fixture()
 def client(server: Any) -> Iterator[httpx.Client]:
     with httpx.Client(
-        base_url=server.url, timeout=300, headers={"Authorization": f"Bearer {KEY}"}
+        base_url=server.url, timeout=300, headers={"Authorization": f"Bearer {server.api_key}"}
     ) as c:
         yield c
 
@@ -234,7 +191,7 @@ def test_queue_full_is_503_with_retry_after(client: httpx.Client, server: Any) -
         busy = httpx.post(
             f"{server.url}/v1/chat/completions",
             json={"messages": QUESTION, "max_tokens": 4},
-            headers={"Authorization": f"Bearer {KEY}"},
+            headers={"Authorization": f"Bearer {server.api_key}"},
             timeout=60,
         )
         assert busy.status_code == 503
@@ -256,7 +213,7 @@ def test_disconnect_stops_generation(client: httpx.Client, server: Any) -> None:
     cancelled_before = client.get("/health").json()["extra"]["cancelled"]
     with (
         httpx.Client(
-            base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
+            base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {server.api_key}"}
         ) as own,
         own.stream("POST", "/v1/chat/completions", json=body) as r,
     ):
@@ -297,7 +254,7 @@ def test_event_loop_not_blocked_during_generation(client: httpx.Client, server: 
 def test_openai_sdk_stream_and_non_stream(server: Any) -> None:
     from openai import OpenAI
 
-    sdk = OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    sdk = OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key)
     whole = sdk.chat.completions.create(model=server.model, messages=QUESTION, max_tokens=24)
     text = whole.choices[0].message.content
     assert text and "Paris" in text
@@ -320,7 +277,7 @@ def test_langchain_chat_openai(server: Any) -> None:
 
     llm = ChatOpenAI(
         base_url=f"{server.url}/v1",
-        api_key=KEY,
+        api_key=server.api_key,
         model=server.model,
         temperature=0,
         max_tokens=24,

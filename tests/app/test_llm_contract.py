@@ -23,23 +23,16 @@ from app.llm.gate import GenerationGate
 from app.llm.llamacpp_backend import LlamaCppBackend
 from app.llm.openai_backend import OpenAIBackend, estimate_tokens
 from app.llm.transformers_backend import TransformersBackend
-from app.main import create_app
 from app.settings import load_settings
 
 QUESTION = [ChatMessage("user", "What is the capital of France?")]
 
 
 @pytest.fixture(scope="module")
-def live(
-    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any
-) -> Iterator[Any]:
-    settings = load_settings(
-        **{"data_dir": tmp_path_factory.mktemp("contract"), "models_dir": models_dir}
-    )
-    app = create_app(settings)
-    with live_server_factory(app) as server:
-        server.app = app
-        yield server
+def live(shared_server: Any) -> Any:
+    """The shared SmolLM2 server (tests/conftest.py): its transformers backend in-process, and
+    the same model behind the OpenAI-compatible API for the openai backend."""
+    return shared_server("smollm2")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +62,7 @@ def backend(request: pytest.FixtureRequest, live: Any) -> LLMBackend:
         **{
             "llm.backend": "openai",
             "llm.openai.base_url": f"{live.url}/v1",
+            "llm.openai.api_key": live.api_key,
             "llm.model": "smollm2-135m-instruct",
         }
     )
@@ -170,6 +164,7 @@ def test_openai_backend_counts_with_the_remote_models_tokenizer(
     overrides = {
         "llm.backend": "openai",
         "llm.openai.base_url": f"{live.url}/v1",
+        "llm.openai.api_key": live.api_key,
         "llm.model": "smollm2-135m-instruct",
     }
     exact = OpenAIBackend.from_settings(

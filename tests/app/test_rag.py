@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
-from app.main import create_app
-from app.settings import load_settings
 
 EN_DOCS = {
     "eiffel.md": "# Eiffel Tower\nThe Eiffel Tower in Paris was completed in 1889. It is 330 "
@@ -64,36 +60,25 @@ def _ingest(
 
 
 @pytest.fixture(scope="module")
-def server(
-    models_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    live_server_factory: Any,
-    wait_job: Callable[..., dict],
-) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("rag")
-    settings = load_settings(
-        **{
-            "data_dir": tmp / "data",
-            "models_dir": models_dir,
-            "llm.max_new_tokens": 16,
-            "llm.max_concurrency": 1,
-            "ingest.chunk_size": 120,
-            "ingest.chunk_overlap": 10,
-        }
-    )
-    app = create_app(settings)
-    with live_server_factory(app) as live:
-        live.spy = GenerationSpy(app.state.services.llm)
-        live.settings = settings
-        with httpx.Client(base_url=live.url, timeout=300) as client:
-            _ingest(client, "en", EN_DOCS, wait_job)
-            _ingest(client, "zh", ZH_DOCS, wait_job)
-        yield live
+def server(shared_server: Any, wait_job: Callable[..., dict]) -> Any:
+    """The shared SmolLM2 server (tests/conftest.py: 16-token answers, one slot, 120-character
+    chunks) with an English and a Chinese knowledge base."""
+    live = shared_server("smollm2")
+    live.spy = GenerationSpy(live.app.state.services.llm)
+    with _client(live) as client:
+        _ingest(client, "en", EN_DOCS, wait_job)
+        _ingest(client, "zh", ZH_DOCS, wait_job)
+    return live
+
+
+def _client(server: Any) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    return httpx.Client(base_url=server.url, timeout=300, headers=headers)
 
 
 @pytest.fixture()
 def client(server: Any) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=300) as c:
+    with _client(server) as c:
         yield c
 
 
@@ -326,7 +311,7 @@ def test_openai_sdk_and_langchain_clients(server: Any) -> None:
     from langchain_openai import ChatOpenAI
     from openai import OpenAI
 
-    sdk = OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=300)
+    sdk = OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, timeout=300)
     reply = sdk.chat.completions.create(
         model="smollm2-135m-instruct",
         messages=[{"role": "user", "content": EN_Q}],
@@ -347,7 +332,7 @@ def test_openai_sdk_and_langchain_clients(server: Any) -> None:
 
     chat = ChatOpenAI(
         base_url=f"{server.url}/v1",
-        api_key="unused",  # type: ignore[arg-type]
+        api_key=server.api_key,  # type: ignore[arg-type]
         model="smollm2-135m-instruct",
         temperature=0,
         extra_body={"knowledge_base": "en", "top_k": 2},

@@ -11,10 +11,6 @@ from typing import Any
 
 import pytest
 
-from app.main import create_app
-from app.settings import load_settings
-
-API_KEY = "web-test-key"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -76,27 +72,14 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture(scope="session")
-def api_key() -> str:
-    return API_KEY
+@pytest.fixture(scope="module")
+def server(shared_server: Any) -> Any:
+    """kbqa with the packaged SmolLM2 and embedder, API key on, short answers (the shared
+    "web" server of tests/conftest.py)."""
+    return shared_server("web")
 
 
 @pytest.fixture(scope="module")
-def server(
-    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_factory: Any
-) -> Iterator[Any]:
-    """kbqa with the packaged SmolLM2 and embedder, API keys on, short answers."""
-    tmp = tmp_path_factory.mktemp("web")
-    overrides: dict[str, Any] = {
-        "data_dir": tmp / "data",
-        "models_dir": models_dir,
-        "api_keys": [API_KEY],
-        "llm.context_length": 1024,
-        "llm.max_new_tokens": 32,
-        "ingest.chunk_size": 300,
-        "ingest.chunk_overlap": 40,
-        "ingest.poll_interval_s": 0.2,
-    }
-    settings = load_settings(None, **overrides)
-    with live_server_factory(create_app(settings)) as live:
-        yield live
+def api_key(server: Any) -> str:
+    key: str = server.api_key
+    return key

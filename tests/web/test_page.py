@@ -550,59 +550,50 @@ class _OtherSite(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_cross_site_upload_is_refused_and_the_pages_own_upload_works(
-    browser: Any, models_dir: Path, tmp_path: Path, live_server_factory: Any
+    browser: Any, shared_server: Any
 ) -> None:
     """With no API keys (the default on loopback), a page on another site makes the visitor's
     browser POST a multipart form to the upload route (no CORS preflight for a form post):
     refused with 403 and nothing stored. The same request from kbqa's own page is accepted."""
-    from app.main import create_app
-    from app.settings import load_settings
-
-    overrides: dict[str, Any] = {
-        "data_dir": tmp_path / "data",
-        "models_dir": models_dir,
-        "llm.backend": "none",
-        "ingest.poll_interval_s": 0.2,
-    }
-    with live_server_factory(create_app(load_settings(None, **overrides))) as live:
-        with httpx.Client(base_url=live.url, timeout=60) as client:
-            assert client.post("/v1/knowledge_bases", json={"name": "site"}).status_code == 201
-        upload = f"{live.url}/v1/knowledge_bases/site/documents"
-        attack = """([url, name]) => {
-            const form = new FormData();
-            form.append('files', new Blob(['planted text'], {type: 'text/plain'}), name);
-            return fetch(url, {method: 'POST', mode: 'no-cors', body: form})
-                .then(() => 'sent', (e) => String(e));
-        }"""
-        other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherSite)
-        threading.Thread(target=other.serve_forever, daemon=True).start()
-        other_site = f"http://127.0.0.1:{other.server_address[1]}/"
-        context = browser.new_context()
-        try:
-            page = context.new_page()
-            statuses: dict[str, int] = {}
-            page.on("response", lambda r: statuses.__setitem__(r.request.method, r.status))
-            # another site: a page served from another port of this machine (Chromium lets
-            # only pages of the loopback address space reach a loopback server)
-            page.goto(other_site)
-            assert page.evaluate(attack, [upload, "planted.txt"]) == "sent"
-            page.wait_for_timeout(500)
-            assert statuses.get("POST") == 403
-            # kbqa's own page: the same request goes through
-            page.goto(live.url + "/")
-            assert page.evaluate(attack, [upload, "own.txt"]) == "sent"
-            page.wait_for_timeout(500)
-            assert statuses.get("POST") == 202
-        finally:
-            context.close()
-            other.shutdown()
-        with httpx.Client(base_url=live.url, timeout=60) as client:
-            names = [d["filename"] for d in client.get(upload).json()["data"]]
-            assert names == ["own.txt"]
-            refused = client.post(
-                upload,
-                files=[("files", ("x.txt", b"planted"))],
-                headers={"Origin": "https://evil.example"},
-            )
-            assert refused.status_code == 403
-            assert refused.json()["error"]["code"] == "cross_origin_refused"
+    live = shared_server("no-llm")  # no API key
+    with httpx.Client(base_url=live.url, timeout=60) as client:
+        assert client.post("/v1/knowledge_bases", json={"name": "site"}).status_code == 201
+    upload = f"{live.url}/v1/knowledge_bases/site/documents"
+    attack = """([url, name]) => {
+        const form = new FormData();
+        form.append('files', new Blob(['planted text'], {type: 'text/plain'}), name);
+        return fetch(url, {method: 'POST', mode: 'no-cors', body: form})
+            .then(() => 'sent', (e) => String(e));
+    }"""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherSite)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    other_site = f"http://127.0.0.1:{other.server_address[1]}/"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        statuses: dict[str, int] = {}
+        page.on("response", lambda r: statuses.__setitem__(r.request.method, r.status))
+        # another site: a page served from another port of this machine (Chromium lets
+        # only pages of the loopback address space reach a loopback server)
+        page.goto(other_site)
+        assert page.evaluate(attack, [upload, "planted.txt"]) == "sent"
+        page.wait_for_timeout(500)
+        assert statuses.get("POST") == 403
+        # kbqa's own page: the same request goes through
+        page.goto(live.url + "/")
+        assert page.evaluate(attack, [upload, "own.txt"]) == "sent"
+        page.wait_for_timeout(500)
+        assert statuses.get("POST") == 202
+    finally:
+        context.close()
+        other.shutdown()
+    with httpx.Client(base_url=live.url, timeout=60) as client:
+        names = [d["filename"] for d in client.get(upload).json()["data"]]
+        assert names == ["own.txt"]
+        refused = client.post(
+            upload,
+            files=[("files", ("x.txt", b"planted"))],
+            headers={"Origin": "https://evil.example"},
+        )
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "cross_origin_refused"
