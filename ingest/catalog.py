@@ -1,8 +1,18 @@
-"""The ingest database (SQLite under the data dir): knowledge bases, documents, chunks (text,
-metadata and keyword tokens) and the persistent job queue.
+"""The ingest database: knowledge bases, documents, chunks (text, metadata and keyword tokens)
+and the persistent job queue.
 
-One file shared by the API's worker threads and any ``kbqa worker`` process; WAL mode and
-``BEGIN IMMEDIATE`` make claiming a job atomic across processes.
+:class:`SqlCatalog` holds every query, written once for both databases; its two subclasses
+bring the connections, the schema and the row lock:
+
+- :class:`Catalog`: SQLite under the data dir (the embedded default). One file shared by the
+  API's worker threads and any ``kbqa worker`` process of the same host; WAL mode and
+  ``BEGIN IMMEDIATE`` make claiming a job atomic across processes.
+- :class:`ingest.catalog_pg.PostgresCatalog` (``catalog.url``): API replicas and workers on
+  many hosts share one catalog and one queue; jobs are claimed with
+  ``SELECT ... FOR UPDATE SKIP LOCKED``.
+
+The schema is versioned (table ``schema_version``): a database written by an older kbqa is
+upgraded at start, one written by a newer kbqa is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,57 +32,67 @@ from typing import Any
 from ingest.errors import DocumentError
 from ingest.models import Document, Job, KnowledgeBase
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kbs (
-    name TEXT PRIMARY KEY,
-    embedding_model TEXT NOT NULL,
-    embedding_dim INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    version INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS documents (
-    kb TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    chunks INTEGER NOT NULL DEFAULT 0,
-    uploaded_at REAL NOT NULL,
-    error TEXT,
-    path TEXT,
-    PRIMARY KEY (kb, doc_id)
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    kb TEXT NOT NULL,
-    chunk_id TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    meta TEXT NOT NULL,
-    tokens TEXT NOT NULL,
-    PRIMARY KEY (kb, chunk_id)
-);
-CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (kb, doc_id);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kb TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    state TEXT NOT NULL,
-    progress_done INTEGER NOT NULL DEFAULT 0,
-    progress_total INTEGER NOT NULL DEFAULT 0,
-    chunks INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    owner TEXT,
-    heartbeat_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
-CREATE INDEX IF NOT EXISTS jobs_kb ON jobs (kb, created_at);
-"""
+
+def schema_v1(real: str, big: str, seq: str) -> list[str]:
+    """Version 1 of the schema in one database's types: ``real`` a float of 8 bytes, ``big``
+    an integer of 8 bytes, ``seq`` a first column of ``chunks`` that numbers rows in insertion
+    order ("" where the database has its own: SQLite's rowid). CREATE ... IF NOT EXISTS: on
+    SQLite it also upgrades a data dir written before the schema had a version."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS kbs (
+            name TEXT PRIMARY KEY,
+            embedding_model TEXT NOT NULL,
+            embedding_dim INTEGER NOT NULL,
+            created_at {real} NOT NULL,
+            version {big} NOT NULL DEFAULT 0
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS documents (
+            kb TEXT NOT NULL,
+            doc_id TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            size {big} NOT NULL,
+            status TEXT NOT NULL,
+            chunks INTEGER NOT NULL DEFAULT 0,
+            uploaded_at {real} NOT NULL,
+            error TEXT,
+            path TEXT,
+            PRIMARY KEY (kb, doc_id)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS chunks ({seq}
+            kb TEXT NOT NULL,
+            chunk_id TEXT NOT NULL,
+            doc_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            meta TEXT NOT NULL,
+            tokens TEXT NOT NULL,
+            PRIMARY KEY (kb, chunk_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (kb, doc_id)",
+        f"""CREATE TABLE IF NOT EXISTS jobs (
+            id TEXT PRIMARY KEY,
+            kb TEXT NOT NULL,
+            doc_id TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            state TEXT NOT NULL,
+            progress_done INTEGER NOT NULL DEFAULT 0,
+            progress_total INTEGER NOT NULL DEFAULT 0,
+            chunks INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            created_at {real} NOT NULL,
+            started_at {real},
+            finished_at {real},
+            attempts INTEGER NOT NULL DEFAULT 0,
+            owner TEXT,
+            heartbeat_at {real}
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at)",
+        "CREATE INDEX IF NOT EXISTS jobs_kb ON jobs (kb, created_at)",
+    ]
+
+
+class CatalogSchemaError(RuntimeError):
+    """The database's schema is not one this kbqa can use (written by a newer kbqa)."""
 
 
 # One token per process: a restarted container has the same hostname and often the same pid
@@ -108,79 +128,97 @@ def _owner_alive(owner: str | None) -> bool | None:
     return True
 
 
-class Catalog:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._local = threading.local()
-        conn = self._conn()
-        conn.executescript(_SCHEMA)
-        columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
-        if "heartbeat_at" not in columns:  # a data dir from before job leases
-            conn.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at REAL")
+class SqlCatalog:
+    """Every catalog query, in SQL both databases run (placeholders ``?``; the PostgreSQL
+    subclass rewrites them). Subclasses give the connections (``_read``, ``connect``,
+    ``snapshot``), the schema (``MIGRATIONS``) and the lock a claim takes on a queued job."""
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
+    # the clause that locks the rows a claim or a requeue selects; PostgreSQL: FOR UPDATE
+    # SKIP LOCKED (workers on other hosts pass over a job being claimed); SQLite: nothing,
+    # the whole database is locked by BEGIN IMMEDIATE
+    LOCK_ROWS = ""
+    # the column that orders chunks as they were inserted (the keyword index's row order)
+    INSERT_ORDER = "rowid"
+    # (version, statements): applied in order to a database below that version
+    MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = ()
+    where = "the catalog"  # how error messages name the database
+
+    # connections (subclasses) --------------------------------------------------------------
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one read, outside any transaction."""
+        raise NotImplementedError
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A transaction (BEGIN IMMEDIATE ... COMMIT) on this thread's connection."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def connect(self) -> Iterator[Any]:
+        """A write transaction; the object has ``execute`` and ``executemany``."""
+        raise NotImplementedError
+        yield
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        """A read transaction: its reads see one state of the database."""
+        raise NotImplementedError
+        yield
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        raise NotImplementedError
+
+    def _read_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._read(sql, params)
+        return rows[0] if rows else None
+
+    # schema --------------------------------------------------------------------------------
+    @property
+    def latest_version(self) -> int:
+        return max((version for version, _ in self.MIGRATIONS), default=0)
+
+    def _migrate(self, db: Any, current: int) -> int:
+        """Bring a database at schema ``current`` to the latest (inside ``db``'s transaction,
+        which holds the lock against another process migrating at the same time)."""
+        if current > self.latest_version:
+            raise CatalogSchemaError(
+                f"{self.where} has schema version {current}, newer than this kbqa knows "
+                f"({self.latest_version}): it was written by a newer kbqa; upgrade kbqa (or "
+                "point catalog.url at another database)"
+            )
+        for version, statements in self.MIGRATIONS:
+            if version > current:
+                for statement in statements:
+                    db.execute(statement)
+                self._after_migration(db, version)
+                current = version
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (current,))
+        return current
+
+    def _after_migration(self, db: Any, version: int) -> None:
+        """Fix-ups a migration needs beyond its statements (none by default)."""
+
+    def schema_version(self) -> int:
+        row = self._read_one("SELECT version FROM schema_version")
+        return int(row["version"]) if row else 0
 
     # knowledge bases -------------------------------------------------------------------
     def create_kb(self, name: str, model: str, dim: int) -> bool:
         with self.connect() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO kbs (name, embedding_model, embedding_dim, created_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO kbs (name, embedding_model, embedding_dim, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (name, model, dim, time.time()),
             )
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
+
+    _KB_COLUMNS = (
+        "SELECT k.*, (SELECT COUNT(*) FROM documents d WHERE d.kb = k.name) AS ndocs, "
+        "(SELECT COUNT(*) FROM chunks c WHERE c.kb = k.name) AS nchunks FROM kbs k"
+    )
 
     def get_kb(self, name: str) -> KnowledgeBase | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT k.*, (SELECT COUNT(*) FROM documents d WHERE d.kb = k.name) AS ndocs, "
-                "(SELECT COUNT(*) FROM chunks c WHERE c.kb = k.name) AS nchunks "
-                "FROM kbs k WHERE k.name = ?",
-                (name,),
-            )
-            .fetchone()
-        )
+        row = self._read_one(f"{self._KB_COLUMNS} WHERE k.name = ?", (name,))
         return _kb(row) if row else None
 
     def list_kbs(self) -> list[KnowledgeBase]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT k.*, (SELECT COUNT(*) FROM documents d WHERE d.kb = k.name) AS ndocs, "
-                "(SELECT COUNT(*) FROM chunks c WHERE c.kb = k.name) AS nchunks "
-                "FROM kbs k ORDER BY k.name"
-            )
-            .fetchall()
-        )
-        return [_kb(r) for r in rows]
+        return [_kb(r) for r in self._read(f"{self._KB_COLUMNS} ORDER BY k.name")]
 
     def delete_kb(self, name: str) -> None:
         with self.connect() as db:
@@ -191,15 +229,19 @@ class Catalog:
             db.execute("DELETE FROM kbs WHERE name = ?", (name,))
 
     def kb_version(self, name: str) -> int:
-        row = self._conn().execute("SELECT version FROM kbs WHERE name = ?", (name,)).fetchone()
+        row = self._read_one("SELECT version FROM kbs WHERE name = ?", (name,))
         return int(row["version"]) if row else -1
 
     # documents -------------------------------------------------------------------------
     def add_document(self, doc: Document) -> None:
         with self.connect() as db:
             db.execute(
-                "INSERT OR REPLACE INTO documents (kb, doc_id, filename, size, status, chunks, "
-                "uploaded_at, error, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO documents (kb, doc_id, filename, size, status, chunks, "
+                "uploaded_at, error, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (kb, doc_id) DO UPDATE SET filename = excluded.filename, "
+                "size = excluded.size, status = excluded.status, chunks = excluded.chunks, "
+                "uploaded_at = excluded.uploaded_at, error = excluded.error, "
+                "path = excluded.path",
                 (
                     doc.kb,
                     doc.doc_id,
@@ -214,26 +256,16 @@ class Catalog:
             )
 
     def get_document(self, kb: str, doc_id: str) -> Document | None:
-        row = (
-            self._conn()
-            .execute("SELECT * FROM documents WHERE kb = ? AND doc_id = ?", (kb, doc_id))
-            .fetchone()
-        )
+        row = self._read_one("SELECT * FROM documents WHERE kb = ? AND doc_id = ?", (kb, doc_id))
         return _doc(row) if row else None
 
     def documents_named(self, kb: str, filename: str) -> list[Document]:
-        rows = (
-            self._conn()
-            .execute("SELECT * FROM documents WHERE kb = ? AND filename = ?", (kb, filename))
-            .fetchall()
-        )
+        rows = self._read("SELECT * FROM documents WHERE kb = ? AND filename = ?", (kb, filename))
         return [_doc(r) for r in rows]
 
     def list_documents(self, kb: str) -> list[Document]:
-        rows = (
-            self._conn()
-            .execute("SELECT * FROM documents WHERE kb = ? ORDER BY uploaded_at, filename", (kb,))
-            .fetchall()
+        rows = self._read(
+            "SELECT * FROM documents WHERE kb = ? ORDER BY uploaded_at, filename", (kb,)
         )
         return [_doc(r) for r in rows]
 
@@ -293,23 +325,18 @@ class Catalog:
             db.execute("UPDATE kbs SET version = version + 1 WHERE name = ?", (kb,))
 
     def chunks_of(self, kb: str, doc_id: str) -> list[tuple[str, str, dict]]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND doc_id = ? ORDER BY idx",
-                (kb, doc_id),
-            )
-            .fetchall()
+        rows = self._read(
+            "SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND doc_id = ? ORDER BY idx",
+            (kb, doc_id),
         )
         return [(r["chunk_id"], r["text"], json.loads(r["meta"])) for r in rows]
 
     def chunks_by_id(self, kb: str, ids: list[str]) -> dict[str, tuple[str, dict]]:
         out: dict[str, tuple[str, dict]] = {}
-        conn = self._conn()
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
             marks = ",".join("?" * len(part))
-            for r in conn.execute(
+            for r in self._read(
                 f"SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND chunk_id IN ({marks})",
                 (kb, *part),
             ):
@@ -318,15 +345,13 @@ class Catalog:
 
     def all_tokens(self, kb: str) -> tuple[int, list[str], list[list[str]]]:
         """(version, chunk ids, token lists) of a KB, read in one transaction."""
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            version = self.kb_version(kb)
-            rows = conn.execute(
-                "SELECT chunk_id, tokens FROM chunks WHERE kb = ? ORDER BY rowid", (kb,)
+        with self.snapshot() as db:
+            row = db.execute("SELECT version FROM kbs WHERE name = ?", (kb,)).fetchone()
+            version = int(row["version"]) if row else -1
+            rows = db.execute(
+                f"SELECT chunk_id, tokens FROM chunks WHERE kb = ? ORDER BY {self.INSERT_ORDER}",
+                (kb,),
             ).fetchall()
-        finally:
-            conn.execute("COMMIT")
         return version, [r["chunk_id"] for r in rows], [r["tokens"].split(" ") for r in rows]
 
     # jobs ------------------------------------------------------------------------------
@@ -343,16 +368,19 @@ class Catalog:
         return job
 
     def claim(self, job_id: str | None = None, owner: str | None = None) -> Job | None:
-        """Take the oldest queued job (or the given one) and mark it running; None if none."""
+        """Take the oldest queued job (or the given one) and mark it running; None if none.
+        Each job is claimed once, however many workers ask at the same time."""
         owner = owner or process_owner()
         with self.connect() as db:
             if job_id is None:
                 row = db.execute(
                     "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at LIMIT 1"
+                    + self.LOCK_ROWS
                 ).fetchone()
             else:
                 row = db.execute(
-                    "SELECT id FROM jobs WHERE id = ? AND state = 'queued'", (job_id,)
+                    "SELECT id FROM jobs WHERE id = ? AND state = 'queued'" + self.LOCK_ROWS,
+                    (job_id,),
                 ).fetchone()
             if row is None:
                 return None
@@ -372,6 +400,7 @@ class Catalog:
         with self.connect() as db:
             rows = db.execute(
                 "SELECT id, owner, heartbeat_at, started_at FROM jobs WHERE state = 'running'"
+                + self.LOCK_ROWS
             ).fetchall()
             orphans = []
             for r in rows:
@@ -415,30 +444,85 @@ class Catalog:
             )
 
     def get_job(self, job_id: str) -> Job | None:
-        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._read_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(row) if row else None
 
     def list_jobs(self, kb: str | None = None, limit: int = 100) -> list[Job]:
         if kb is None:
-            rows = (
-                self._conn()
-                .execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
-                .fetchall()
-            )
+            rows = self._read("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
         else:
-            rows = (
-                self._conn()
-                .execute(
-                    "SELECT * FROM jobs WHERE kb = ? ORDER BY created_at DESC LIMIT ?",
-                    (kb, limit),
-                )
-                .fetchall()
+            rows = self._read(
+                "SELECT * FROM jobs WHERE kb = ? ORDER BY created_at DESC LIMIT ?", (kb, limit)
             )
         return [_job(r) for r in rows]
 
     def queued_count(self) -> int:
-        row = self._conn().execute("SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued'")
-        return int(row.fetchone()["n"])
+        row = self._read_one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued'")
+        return int(row["n"])
+
+
+class Catalog(SqlCatalog):
+    """The catalog in one SQLite file (the embedded default)."""
+
+    MIGRATIONS = ((1, schema_v1("REAL", "INTEGER", "")),)
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.where = f"the catalog {path}"
+        self._local = threading.local()
+        self._conn().execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+        with self.connect() as db:
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            current = int(row["version"]) if row else 0
+            if current != self.latest_version:
+                self._migrate(db, current)
+
+    def _after_migration(self, db: Any, version: int) -> None:
+        if version == 1:  # a data dir from before job leases: CREATE IF NOT EXISTS kept jobs
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "heartbeat_at" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at REAL")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn().execute(sql, params).fetchall()
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A transaction (BEGIN IMMEDIATE ... COMMIT) on this thread's connection."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
 
 def _kb(row: Any) -> KnowledgeBase:

@@ -15,7 +15,7 @@ import re
 import threading
 from typing import Any
 
-from ingest.catalog import Catalog
+from ingest.catalog import SqlCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Tokenizer:
 
 
 class KeywordIndex:
-    def __init__(self, catalog: Catalog, tokenizer: Tokenizer) -> None:
+    def __init__(self, catalog: SqlCatalog, tokenizer: Tokenizer) -> None:
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build
         self.catalog = catalog
         self.tokenizer = tokenizer

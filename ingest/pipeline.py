@@ -15,14 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from app.settings.ingest import IngestSettings
-from ingest.catalog import Catalog
+from ingest.catalog import SqlCatalog
 from ingest.embedder import check_built_with
 from ingest.embeddings import NamedEmbeddings
 from ingest.errors import DocumentError, IngestError, InterruptedJob, NotFoundError
+from ingest.files import FileStore
 from ingest.keyword import KeywordIndex
 from ingest.models import Chunk, Document, Job
 from ingest.parse import Parser
@@ -52,18 +52,18 @@ class IngestPipeline:
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: SqlCatalog,
         store: VectorStore,
         keyword: KeywordIndex,
         embeddings: NamedEmbeddings,
-        files_dir: Path,
+        files: FileStore,
         settings: IngestSettings,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.keyword = keyword
         self.embeddings = embeddings
-        self.files_dir = files_dir
+        self.files = files
         self.settings = settings
         self.splitter = Splitter(settings.chunk_size, settings.chunk_overlap)
         self.stopping = threading.Event()  # set: running jobs go back to the queue
@@ -147,7 +147,7 @@ class IngestPipeline:
         # anew); the document row keeps the name and the reason
         doc = self.catalog.get_document(job.kb, job.doc_id)
         if doc is not None and doc.path:
-            Path(doc.path).unlink(missing_ok=True)
+            self.files.delete(doc.path)
 
     def _prepare(self, job: Job) -> _Prepared:
         kb = self.catalog.get_kb(job.kb)
@@ -155,10 +155,10 @@ class IngestPipeline:
             raise NotFoundError(f"knowledge base {job.kb!r} not found; create it first")
         check_built_with(kb, self.embeddings)
         doc = self.catalog.get_document(job.kb, job.doc_id)
-        if doc is None or not doc.path or not Path(doc.path).is_file():
+        data = self.files.read(doc.path) if doc is not None and doc.path else None
+        if doc is None or data is None:
             raise DocumentError(f"{job.filename}: the stored file is gone; upload it again")
         self.catalog.set_document_status(job.kb, job.doc_id, "ingesting")
-        data = Path(doc.path).read_bytes()
         chunks = self.parser.parse(data, doc.filename, self.splitter)
         if not chunks:
             raise DocumentError(f"{doc.filename}: no text to index")
@@ -223,17 +223,18 @@ class IngestPipeline:
             for c, cid, meta in zip(p.chunks, p.ids, p.metas, strict=True)
         ]
         replaces = [
-            d.doc_id
-            for d in self.catalog.documents_named(job.kb, doc.filename)
-            if d.doc_id != doc.doc_id
+            d for d in self.catalog.documents_named(job.kb, doc.filename) if d.doc_id != doc.doc_id
         ]
-        self.catalog.commit_document(job.kb, doc.doc_id, rows, replaces)
+        self.catalog.commit_document(job.kb, doc.doc_id, rows, [d.doc_id for d in replaces])
         for old in replaces:
-            self.store.delete_doc(job.kb, old)
-            for stale_file in (self.files_dir / job.kb).glob(f"{old}.*"):
-                stale_file.unlink(missing_ok=True)
+            self.store.delete_doc(job.kb, old.doc_id)
+            if old.path:
+                self.files.delete(old.path)
             logger.info(
-                "event=document_replaced kb=%s old=%s new=%s", job.kb, old[:12], doc.doc_id[:12]
+                "event=document_replaced kb=%s old=%s new=%s",
+                job.kb,
+                old.doc_id[:12],
+                doc.doc_id[:12],
             )
 
     def run_pending(self, job_id: str | None = None, max_jobs: int = 1) -> list[Job]:

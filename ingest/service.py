@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from app.settings import Settings
 from app.settings.ingest import EmbeddingsSettings, IngestSettings, RetrievalSettings
-from ingest.catalog import Catalog
+from ingest.catalog import Catalog, SqlCatalog
 from ingest.embedder import Embedder, check_built_with
 from ingest.embeddings import NamedEmbeddings, build_embeddings
 from ingest.errors import (
@@ -30,6 +29,7 @@ from ingest.errors import (
     NotFoundError,
     UnsupportedTypeError,
 )
+from ingest.files import file_store
 from ingest.keyword import KeywordIndex, Tokenizer
 from ingest.loaders import ACCEPTED_TYPES, check_filename, file_type
 from ingest.models import Document, Job, KnowledgeBase, SearchHit, UploadResult
@@ -39,6 +39,16 @@ from ingest.store import VectorStore
 logger = logging.getLogger(__name__)
 
 _KB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def open_catalog(settings: Settings) -> SqlCatalog:
+    """The catalog of ``catalog.url`` (PostgreSQL), or SQLite under the data dir."""
+    cat = settings.catalog
+    if cat.url is not None:
+        from ingest.catalog_pg import PostgresCatalog
+
+        return PostgresCatalog(cat.url.get_secret_value(), cat.pool_size, cat.connect_timeout_s)
+    return Catalog(settings.data_dir / "ingest" / "ingest.sqlite")
 
 
 def check_kb_name(name: str) -> str:
@@ -52,7 +62,7 @@ def check_kb_name(name: str) -> str:
 class KnowledgeBaseService:
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: SqlCatalog,
         store: VectorStore,
         keyword: KeywordIndex,
         embeddings: NamedEmbeddings,
@@ -66,9 +76,10 @@ class KnowledgeBaseService:
         self.keyword = keyword
         self.embeddings = embeddings
         self.files_dir = files_dir
+        self.files = file_store(catalog, files_dir)
         self.ingest_settings = ingest
         self.retrieval = retrieval
-        self.pipeline = IngestPipeline(catalog, store, keyword, embeddings, files_dir, ingest)
+        self.pipeline = IngestPipeline(catalog, store, keyword, embeddings, self.files, ingest)
         self.embedder = Embedder(embeddings, limits or EmbeddingsSettings.model_validate({}))
 
     @classmethod
@@ -95,12 +106,13 @@ class KnowledgeBaseService:
                 prefix=vs.collection_prefix,
                 add_batch_size=vs.add_batch_size,
             )
-        catalog = Catalog(root / "ingest.sqlite")
+        catalog = open_catalog(settings)
         logger.info(
-            "event=kb_service_ready embedder=%s dim=%d store=%s",
+            "event=kb_service_ready embedder=%s dim=%d store=%s catalog=%s",
             embeddings.name,
             embeddings.dim,
             "http" if vs.chroma_host else "persistent",
+            "postgresql" if settings.catalog.url else "sqlite",
         )
         return cls(
             catalog,
@@ -141,7 +153,7 @@ class KnowledgeBaseService:
         self.catalog.delete_kb(name)
         self.store.drop(name)
         self.keyword.forget(name)
-        shutil.rmtree(self.files_dir / name, ignore_errors=True)
+        self.files.delete_kb(name)
         logger.info("event=kb_deleted kb=%s", name)
 
     # uploads ---------------------------------------------------------------------------
@@ -166,12 +178,7 @@ class KnowledgeBaseService:
         existing = self.catalog.get_document(kb, doc_id)
         if existing is not None and existing.status != "failed":
             return UploadResult(clean, "duplicate", doc_id=doc_id, duplicate_of=existing.filename)
-        folder = self.files_dir / kb
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{doc_id}{PurePosixPath(clean.lower()).suffix}"
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        ref = self.files.put(kb, doc_id, clean, data)
         self.catalog.add_document(
             Document(
                 kb=kb,
@@ -182,7 +189,7 @@ class KnowledgeBaseService:
                 status="queued",
                 chunks=0,
                 uploaded_at=time.time(),
-                path=str(path),
+                path=ref,
             )
         )
         job = self.catalog.enqueue(kb, doc_id, clean)
@@ -208,7 +215,7 @@ class KnowledgeBaseService:
         self.store.delete_doc(kb, doc_id)
         self.keyword.warm(kb)
         if doc.path:
-            Path(doc.path).unlink(missing_ok=True)
+            self.files.delete(doc.path)
 
     def list_chunks(self, kb: str, doc_id: str) -> list[SearchHit]:
         self.get_document(kb, doc_id)

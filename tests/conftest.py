@@ -231,3 +231,106 @@ def wait_job() -> Callable[..., dict[str, Any]]:
     """``wait_job(client, job_id, timeout=300)``: the finished job (one poller for every
     test that ingests over HTTP)."""
     return finished_job
+
+
+# ------------------------------------------------------------------ a throwaway PostgreSQL
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _pg_bindir() -> Path | None:
+    """The directory of initdb/pg_ctl: $KBQA_PG_BINDIR, Debian's newest, or the PATH."""
+    import shutil
+
+    candidates = [os.environ.get("KBQA_PG_BINDIR", "")]
+    candidates += sorted(
+        (str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    found = shutil.which("initdb")
+    candidates.append(str(Path(found).resolve().parent) if found else "")
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").is_file():
+            return Path(candidate)
+    return None
+
+
+class Postgres:
+    """A PostgreSQL server of this run: initdb in a temp dir, pg_ctl start on a free port of
+    127.0.0.1 (as the ``postgres`` user when the tests run as root: initdb refuses root);
+    ``database()`` creates an empty database and returns its URL."""
+
+    def __init__(self, bindir: Path) -> None:
+        import subprocess
+        import tempfile
+
+        self.bindir = bindir
+        self.dir = Path(tempfile.mkdtemp(prefix="kbqa-pg-"))
+        self.port = free_port()
+        self.user = "kbqa"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.dir, "postgres", "postgres")
+            self._as = ["runuser", "-u", "postgres", "--"]
+        data, log = self.dir / "data", self.dir / "log"
+        run = subprocess.run
+        run(
+            [*self._as, str(bindir / "initdb"), "-D", str(data), "-U", self.user, "-A", "trust"],
+            check=True,
+            capture_output=True,
+        )
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        pg_ctl = [*self._as, str(bindir / "pg_ctl"), "-D", str(data)]
+        start = [*pg_ctl, "-l", str(log), "-w", "-o", options, "start"]
+        run(start, check=True, capture_output=True)
+        self.count = 0
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def database(self) -> str:
+        import psycopg
+
+        self.count += 1
+        name = f"kbqa_test_{self.count}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        import shutil
+        import subprocess
+
+        pg_ctl = [*self._as, str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data")]
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """The run's PostgreSQL server; skipped without PostgreSQL's binaries (apt-get install
+    postgresql), failed under CI=true, where .ci/run installs them."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        reason = "PostgreSQL's initdb not found: apt-get install postgresql (or KBQA_PG_BINDIR)"
+        if on_ci():
+            pytest.fail(f"{reason} (CI=true: .ci/run should have installed it)", pytrace=False)
+        pytest.skip(reason)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if on_ci():
+            pytest.fail("psycopg is not installed (pip install -e '.[dev]')", pytrace=False)
+        pytest.skip("psycopg is not installed (pip install -e '.[dev]')")
+    server = Postgres(bindir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def pg_url(postgres: Postgres) -> str:
+    """The URL of a new, empty PostgreSQL database."""
+    return postgres.database()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from app.settings.base import SearchMode, Section
 
@@ -80,6 +80,31 @@ class VectorStoreSettings(Section):
         ge=1,
         description="Chunks per Chroma add call (kept below the server's maximum batch size).",
     )
+
+
+class CatalogSettings(Section):
+    url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (`postgresql://user:password@host:5432/kbqa`) of the "
+        "catalog: knowledge bases, documents, keyword tokens, uploaded files and the job "
+        "queue, shared by API replicas and workers on many hosts. Unset: SQLite under "
+        "`<data_dir>/ingest` (one host).",
+    )
+    pool_size: int = Field(
+        8, ge=1, description="Most PostgreSQL connections one kbqa process opens."
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="How long to wait for a PostgreSQL connection."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_only(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("catalog.url must be a postgresql:// URL (unset: SQLite)")
+        return url
 
 
 class IngestSettings(Section):

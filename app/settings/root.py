@@ -22,6 +22,7 @@ from app.settings.base import SettingsError, nest_dotted, split_csv
 from app.settings.eval import EvalSettings
 from app.settings.finetune import FinetuneSettings
 from app.settings.ingest import (
+    CatalogSettings,
     EmbeddingsSettings,
     IngestSettings,
     RetrievalSettings,
@@ -78,6 +79,10 @@ class Settings(BaseSettings):
     vectorstore: VectorStoreSettings = Field(
         default_factory=VectorStoreSettings,  # type: ignore[arg-type]
         description="Chroma: embedded (persistent) or a server.",
+    )
+    catalog: CatalogSettings = Field(
+        default_factory=CatalogSettings,  # type: ignore[arg-type]
+        description="The catalog and job queue: SQLite under the data dir, or PostgreSQL.",
     )
     ingest: IngestSettings = Field(
         default_factory=IngestSettings,  # type: ignore[arg-type]
