@@ -4,8 +4,10 @@ and the packaged models, and the docker files."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -119,30 +121,55 @@ def test_packaged_model_converts_once(models_dir: Path) -> None:
     assert list(first.path.glob("*.safetensors"))
 
 
-def test_compose_parses_and_points_at_real_files() -> None:
-    compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
-    services = compose["services"]
-    assert {"kbqa", "chroma", "vllm"} <= set(services)
-    build = services["kbqa"]["build"]
-    context = (ROOT / "docker" / build["context"]).resolve()
-    assert context == ROOT
-    dockerfile = context / build["dockerfile"]
-    assert dockerfile.is_file()
-    for line in dockerfile.read_text().splitlines():
-        match = re.match(r"COPY\s+(.+)\s+\S+$", line)
-        if match:
-            for src in match.group(1).split():
-                assert (context / src).exists(), f"{dockerfile.name} copies missing {src}"
-    # every KBQA_ variable the compose file sets is a real setting
-    env = {k: str(v) for k, v in services["kbqa"]["environment"].items()}
+def _compose_settings(environment: dict[str, Any]) -> Any:
+    """The settings a compose service's KBQA_ environment gives (defaults of ${VAR:-x})."""
+    env = {k: str(v) for k, v in environment.items()}
     env = {k: re.sub(r"\$\{[^:}]+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
     env = {k: v for k, v in env.items() if v}
     with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("KBQA_")]:
+            mp.delenv(key)
         for key, value in env.items():
             mp.setenv(key, value)
-        settings = load_settings()
-    assert settings.vectorstore.chroma_host == "chroma"  # type: ignore[attr-defined]
-    assert "vllm" in settings.llm.openai.base_url
+        return load_settings()
+
+
+def test_compose_parses_and_points_at_real_files() -> None:
+    compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
+    services = compose["services"]
+    assert {"kbqa", "chroma", "vllm", "postgres", "api1", "api2", "worker1", "worker2"} <= set(
+        services
+    )
+    assert "profiles" not in services["chroma"]  # every profile needs it
+    for name, service in services.items():
+        if "build" not in service:
+            continue
+        build = service["build"]
+        context = (ROOT / "docker" / build["context"]).resolve()
+        assert context == ROOT
+        dockerfile = context / build["dockerfile"]
+        assert dockerfile.is_file(), name
+        for line in dockerfile.read_text().splitlines():
+            match = re.match(r"COPY\s+(.+)\s+\S+$", line)
+            if match:
+                for src in match.group(1).split():
+                    assert (context / src).exists(), f"{dockerfile.name} copies missing {src}"
+        # every KBQA_ variable the compose file sets is a real setting
+        settings = _compose_settings(service["environment"])
+        assert settings.vectorstore.chroma_host == "chroma", name
+        assert "vllm" in settings.llm.openai.base_url, name
+    # the scale profile: two API replicas and two workers on postgres, no ingest in the API
+    for name in ("api1", "api2", "worker1", "worker2"):
+        service = services[name]
+        assert service["profiles"] == ["scale"] and "postgres" in service["depends_on"]
+        settings = _compose_settings(service["environment"])
+        url = settings.catalog.url.get_secret_value()
+        assert url.startswith("postgresql://kbqa:") and url.endswith("@postgres:5432/kbqa")
+        assert settings.ingest.workers == 0
+    assert services["worker1"]["command"] == ["kbqa", "worker"]
+    assert services["postgres"]["profiles"] == ["scale"]
+    ports = {p for name in ("api1", "api2") for p in services[name]["ports"]}
+    assert ports == {"8001:8000", "8002:8000"}
 
 
 def test_packaged_gemma_without_chat_template(models_dir: Path) -> None:
