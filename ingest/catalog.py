@@ -213,8 +213,15 @@ class SqlCatalog:
         "(SELECT COUNT(*) FROM chunks c WHERE c.kb = k.name) AS nchunks FROM kbs k"
     )
 
-    def get_kb(self, name: str) -> KnowledgeBase | None:
-        row = self._read_one(f"{self._KB_COLUMNS} WHERE k.name = ?", (name,))
+    def get_kb(self, name: str, counts: bool = True) -> KnowledgeBase | None:
+        """The knowledge base; ``counts=False``: without its document and chunk counts (0),
+        one row read instead of two counts (every search checks its knowledge base)."""
+        sql = (
+            f"{self._KB_COLUMNS} WHERE k.name = ?"
+            if counts
+            else "SELECT k.*, 0 AS ndocs, 0 AS nchunks FROM kbs k WHERE k.name = ?"
+        )
+        row = self._read_one(sql, (name,))
         return _kb(row) if row else None
 
     def list_kbs(self) -> list[KnowledgeBase]:

@@ -135,15 +135,16 @@ class KnowledgeBaseService:
         self.store.collection(name)
         return kb
 
-    def get_kb(self, name: str) -> KnowledgeBase:
-        kb = self.catalog.get_kb(name)
+    def get_kb(self, name: str, counts: bool = True) -> KnowledgeBase:
+        kb = self.catalog.get_kb(name, counts)
         if kb is None:
             raise NotFoundError(f"knowledge base {name!r} not found; create it first")
         return kb
 
     def open_kb(self, name: str) -> KnowledgeBase:
-        """The KB, checked to be built with this service's embedding model."""
-        return check_built_with(self.get_kb(name), self.embeddings)
+        """The KB (without its counts), checked to be built with this service's embedding
+        model."""
+        return check_built_with(self.get_kb(name, counts=False), self.embeddings)
 
     def list_kbs(self) -> list[KnowledgeBase]:
         return self.catalog.list_kbs()

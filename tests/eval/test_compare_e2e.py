@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.settings import Settings, load_settings
 from app.settings.finetune import FinetuneSettings
+from eval.compare import DEFAULT_PROBE
 
 DOCS = {
     "panda.txt": "Giant pandas live in the mountains of Sichuan in China. "
@@ -47,6 +48,7 @@ QA = [
 NEGATIVE = "What is a good recipe for chocolate cake?"
 SYSTEMS = ["base", "rag", "lora", "rag+lora"]
 REPEATS = 2
+PROBE = 6  # forgetting-probe questions
 MAX_TOKENS = 12
 
 
@@ -100,6 +102,11 @@ def setup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     qa.write_text("".join(json.dumps(q) + "\n" for q in QA), encoding="utf-8")
     negatives = tmp / "negatives.txt"
     negatives.write_text(NEGATIVE + "\n", encoding="utf-8")
+    # the forgetting probe: the first questions of the shipped one (all 30 would be 48 more
+    # generations and as many likelihoods under base and lora, most of this test's time)
+    probe = tmp / "probe.jsonl"
+    shipped = DEFAULT_PROBE.read_text(encoding="utf-8").splitlines()
+    probe.write_text("\n".join(shipped[:PROBE]) + "\n", encoding="utf-8")
     yield {
         "tmp": tmp,
         "data_dir": data_dir,
@@ -107,6 +114,7 @@ def setup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "adapter": adapter,
         "qa": qa,
         "negatives": negatives,
+        "probe": probe,
     }
 
 
@@ -128,6 +136,8 @@ def _compare(setup: dict, out: Path, *extra: str) -> Any:
         str(MAX_TOKENS),
         "--data-dir",
         str(setup["data_dir"]),
+        "--probe-file",
+        str(setup["probe"]),
         *extra,
     ]
     env = {"KBQA_MODELS_DIR": str(setup["models_dir"]), "KBQA_INGEST__WORKERS": "0"}
@@ -214,11 +224,11 @@ def test_compare_in_process_files_consistency_and_resume(setup: dict) -> None:
     assert "| system |" in (out / "report.md").read_text()
 
     # gold-answer likelihood: every answerable question under each system's own prompt
-    # (3 questions x 4 systems, and the 30 probe questions under base and lora)
-    assert "likelihood_scored=72" in first.output
+    # (3 questions x 4 systems, and the 6 probe questions under base and lora)
+    assert f"likelihood_scored={len(QA) * len(SYSTEMS) + 2 * PROBE}" in first.output
     lines = (out / "likelihood.jsonl").read_text().splitlines()
     likelihood = [r for r in map(json.loads, lines) if not r.get("probe")]
-    assert len(lines) == 72 and len(likelihood) == 12
+    assert len(lines) == 24 and len(likelihood) == 12
     assert {(r["id"], r["system"]) for r in likelihood} == {
         (q["id"], s) for q in QA for s in SYSTEMS
     }
@@ -239,10 +249,10 @@ def test_compare_in_process_files_consistency_and_resume(setup: dict) -> None:
                 2.718281828 ** lik["nll"]["mean"], rel=1e-4
             )
     assert "nll_difference" in summary["paired"][0]
-    # the forgetting probe: the shipped 30 general questions, base against lora
-    assert "probe_asked=60" in first.output
+    # the forgetting probe: general questions, base against lora
+    assert f"probe_asked={2 * PROBE}" in first.output
     forgetting = summary["forgetting"]
-    assert forgetting["questions"] == 30
+    assert forgetting["questions"] == PROBE
     assert forgetting["nll"]["base"]["mean"] > 0 and forgetting["nll_difference"] is not None
     assert 0 <= forgetting["changed"]["low"] <= forgetting["changed"]["high"] <= 1
     assert (out / "instruments.png").stat().st_size > 1000

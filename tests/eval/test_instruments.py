@@ -342,3 +342,14 @@ def test_sampled_run_follows_the_main_run_and_resumes(tmp_path: Path) -> None:
     assert lora["sampled"]["mixed_correctness"] == 1.0 and lora["sampled"]["repeats"] == 5
     assert rebuilt["forgetting"]["questions"] == 1
     assert rebuilt["forgetting"]["changed"]["mean"] == 0.0
+
+
+def test_the_shipped_forgetting_probe_is_30_answerable_questions() -> None:
+    """The default probe (eval/forgetting_probe.jsonl; the end-to-end test asks only its
+    first questions): 30 general questions, each with its answers, ids unique."""
+    from eval.compare import DEFAULT_PROBE
+    from eval.data import read_qa
+
+    items = read_qa(DEFAULT_PROBE)
+    assert len(items) == 30 and len({i.id for i in items}) == 30
+    assert all(i.answerable and i.answers and i.question.strip() for i in items)
