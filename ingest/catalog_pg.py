@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ingest.catalog import CatalogSchemaError, SqlCatalog, schema_v1
+from ingest.errors import CatalogUnavailableError
 
 # version 1: the shared tables, and the uploaded files (only the PostgreSQL catalog stores them)
 _PG_V1 = [
@@ -89,18 +90,33 @@ class PostgresCatalog(SqlCatalog):
             if current != self.latest_version:
                 self._migrate(db, current)
 
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """PostgreSQL down or unreachable (no connection within ``catalog.connect_timeout_s``,
+        or the connection lost): CatalogUnavailableError; the transaction was not committed."""
+        from psycopg import OperationalError
+        from psycopg_pool import PoolTimeout
+
+        try:
+            yield
+        except (OperationalError, PoolTimeout) as exc:
+            raise CatalogUnavailableError(
+                f"the PostgreSQL catalog (catalog.url) is unreachable: {exc}; nothing was "
+                "changed, retry later"
+            ) from exc
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self.pool.connection() as conn:
+        with self._reachable(), self.pool.connection() as conn:
             return list(conn.execute(_pg(sql), params).fetchall())
 
     @contextmanager
     def connect(self) -> Iterator[_Tx]:
-        with self.pool.connection() as conn, conn.transaction():
+        with self._reachable(), self.pool.connection() as conn, conn.transaction():
             yield _Tx(conn)
 
     @contextmanager
     def snapshot(self) -> Iterator[_Tx]:
-        with self.pool.connection() as conn, conn.transaction():
+        with self._reachable(), self.pool.connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield _Tx(conn)
 

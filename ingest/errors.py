@@ -39,6 +39,10 @@ class RequestCancelledError(IngestError):
     """The client went away; the rest of its work was dropped (499, never seen by it)."""
 
 
+class CatalogUnavailableError(IngestError):
+    """The catalog's database cannot be reached (503 with Retry-After); nothing was changed."""
+
+
 class DocumentError(IngestError):
     """A file that cannot be read: empty, corrupt, encrypted, a zip bomb, binary, too large to
     parse (job fails)."""

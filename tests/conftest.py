@@ -300,6 +300,21 @@ class Postgres:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def pause(self) -> None:
+        """Stop the server, keeping its data (``resume`` starts it again on the same port)."""
+        import subprocess
+
+        pg_ctl = [*self._as, str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data")]
+        subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], check=True, capture_output=True)
+
+    def resume(self) -> None:
+        import subprocess
+
+        pg_ctl = [*self._as, str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data")]
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start = [*pg_ctl, "-l", str(self.dir / "log"), "-w", "-o", options, "start"]
+        subprocess.run(start, check=True, capture_output=True)
+
     def stop(self) -> None:
         import shutil
         import subprocess

@@ -32,6 +32,7 @@ from app.llm.base import (
     PromptTooLongError,
 )
 from ingest.errors import (
+    CatalogUnavailableError,
     ConflictError,
     DocumentError,
     FileTooLargeError,
@@ -90,8 +91,8 @@ _DECLARED = {
     413: "Over a limit: request body, file, inputs, characters, context window.",
     415: "A file type no loader reads.",
     422: "The request does not match the schema, or a file cannot be read.",
-    503: "The service needed is not running here, or all generation slots are busy "
-    "(with Retry-After).",
+    503: "The service needed is not running here, all generation slots are busy, or the "
+    "catalog's database is unreachable (with Retry-After).",
 }
 # the statuses every /v1 route may answer besides its success, declared in the OpenAPI spec
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -161,14 +162,16 @@ _INGEST_STATUS: list[tuple[type[IngestError], int, str, str]] = [
     (RequestCancelledError, 499, "invalid_request_error", "client_closed_request"),
     (InvalidNameError, 400, "invalid_request_error", "invalid_name"),
     (DocumentError, 422, "invalid_request_error", "unreadable_document"),
+    (CatalogUnavailableError, 503, "api_error", "catalog_unavailable"),
 ]
 
 
-def from_ingest_error(exc: IngestError) -> APIError:
-    """The status and error shape of an ingest error."""
+def from_ingest_error(exc: IngestError, retry_after_s: int = 5) -> APIError:
+    """The status and error shape of an ingest error (a 503 says when to retry)."""
     for kind, status, type_, code in _INGEST_STATUS:
         if isinstance(exc, kind):
-            return APIError(status, str(exc), type=type_, code=code)
+            headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
+            return APIError(status, str(exc), type=type_, code=code, headers=headers)
     return APIError(400, str(exc), code="ingest_error")
 
 
@@ -182,8 +185,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return _response(from_llm_error(exc, retry))
 
     @app.exception_handler(IngestError)
-    async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
-        return _response(from_ingest_error(exc))
+    async def _ingest_error(request: Request, exc: IngestError) -> JSONResponse:
+        settings = getattr(request.app.state, "settings", None)
+        retry = settings.catalog.retry_after_s if settings is not None else 5
+        return _response(from_ingest_error(exc, retry))
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:

@@ -94,7 +94,13 @@ class CatalogSettings(Section):
         8, ge=1, description="Most PostgreSQL connections one kbqa process opens."
     )
     connect_timeout_s: float = Field(
-        10.0, gt=0, description="How long to wait for a PostgreSQL connection."
+        10.0,
+        gt=0,
+        description="How long to wait for a PostgreSQL connection; then the request is "
+        "answered 503 (the catalog is unavailable).",
+    )
+    retry_after_s: int = Field(
+        5, ge=1, description="Retry-After of the 503 sent while the catalog is unreachable."
     )
 
     @field_validator("url")

@@ -467,3 +467,51 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_catalog_is_503_and_the_service_recovers(
+    postgres: Any, tmp_path: Path, embeddings: NamedEmbeddings
+) -> None:
+    """PostgreSQL stopped under a running service: requests that need the catalog are
+    answered 503 with Retry-After and a message naming catalog.url (after
+    catalog.connect_timeout_s, not a hang, not a 500); started again, the same service
+    answers without a restart."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.services.container import Services
+
+    own = type(postgres)(postgres.bindir)  # a server of this test alone, to stop
+    try:
+        settings = Settings.model_validate(
+            {
+                "data_dir": tmp_path / "data",
+                "llm": {"backend": "none"},
+                "catalog": {"url": own.database(), "connect_timeout_s": 1},
+                "ingest": {"workers": 0},
+            }
+        )
+        kb = KnowledgeBaseService.from_settings(settings, embeddings)
+        app = create_app(settings, services_factory=lambda s: Services(kb=kb, closables=[kb]))
+        with TestClient(app) as client:
+            assert client.post("/v1/knowledge_bases", json={"name": "kb"}).status_code == 201
+            own.pause()
+            for response in (
+                client.get("/v1/knowledge_bases"),
+                client.post(
+                    "/v1/knowledge_bases/kb/documents", files=[("files", ("a.txt", b"text"))]
+                ),
+                client.post("/v1/knowledge_bases/kb/search", json={"query": "text"}),
+            ):
+                assert response.status_code == 503, response.text
+                assert response.headers["Retry-After"] == "5"
+                error = response.json()["error"]
+                assert error["code"] == "catalog_unavailable" and "catalog.url" in error["message"]
+            own.resume()
+            deadline = time.monotonic() + 30
+            while (listed := client.get("/v1/knowledge_bases")).status_code == 503:
+                assert time.monotonic() < deadline, listed.text
+                time.sleep(0.2)
+            assert [k["name"] for k in listed.json()["data"]] == ["kb"]
+    finally:
+        own.stop()
