@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ingest.errors import DocumentError
+from ingest.errors import DocumentError, NotFoundError
 from ingest.models import Document, Job, KnowledgeBase
 
 
@@ -172,6 +172,16 @@ class SqlCatalog:
     def latest_version(self) -> int:
         return max((version for version, _ in self.MIGRATIONS), default=0)
 
+    def _open_schema(self, db: Any) -> None:
+        """Create the version table if missing, then migrate what is older than this kbqa
+        (inside ``db``'s transaction, which holds the lock against another process opening
+        the same database at the same time)."""
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        current = int(row["version"]) if row else 0
+        if current != self.latest_version:
+            self._migrate(db, current)
+
     def _migrate(self, db: Any, current: int) -> int:
         """Bring a database at schema ``current`` to the latest (inside ``db``'s transaction,
         which holds the lock against another process migrating at the same time)."""
@@ -223,6 +233,13 @@ class SqlCatalog:
         )
         row = self._read_one(sql, (name,))
         return _kb(row) if row else None
+
+    def require_kb(self, name: str, counts: bool = True) -> KnowledgeBase:
+        """The knowledge base, or NotFoundError (404) saying how to make it."""
+        kb = self.get_kb(name, counts)
+        if kb is None:
+            raise NotFoundError(f"knowledge base {name!r} not found; create it first")
+        return kb
 
     def list_kbs(self) -> list[KnowledgeBase]:
         return [_kb(r) for r in self._read(f"{self._KB_COLUMNS} ORDER BY k.name")]
@@ -478,12 +495,8 @@ class Catalog(SqlCatalog):
         self.path = path
         self.where = f"the catalog {path}"
         self._local = threading.local()
-        self._conn().execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
         with self.connect() as db:
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            current = int(row["version"]) if row else 0
-            if current != self.latest_version:
-                self._migrate(db, current)
+            self._open_schema(db)
 
     def _after_migration(self, db: Any, version: int) -> None:
         if version == 1:  # a data dir from before job leases: CREATE IF NOT EXISTS kept jobs

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ingest.catalog import CatalogSchemaError, SqlCatalog, schema_v1
+from ingest.catalog import SqlCatalog, schema_v1
 from ingest.errors import CatalogUnavailableError
 
 # version 1: the shared tables, and the uploaded files (only the PostgreSQL catalog stores them)
@@ -79,16 +79,12 @@ class PostgresCatalog(SqlCatalog):
             self.pool.open(wait=True, timeout=connect_timeout_s)
         except Exception as exc:
             self.pool.close()
-            raise CatalogSchemaError(
+            raise CatalogUnavailableError(
                 f"cannot connect to the PostgreSQL catalog (catalog.url): {exc}"
             ) from exc
         with self.connect() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            current = int(row["version"]) if row else 0
-            if current != self.latest_version:
-                self._migrate(db, current)
+            self._open_schema(db)
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:

@@ -21,7 +21,7 @@ from app.settings.ingest import IngestSettings
 from ingest.catalog import SqlCatalog
 from ingest.embedder import check_built_with
 from ingest.embeddings import NamedEmbeddings
-from ingest.errors import DocumentError, IngestError, InterruptedJob, NotFoundError
+from ingest.errors import DocumentError, IngestError, InterruptedJob
 from ingest.files import FileStore
 from ingest.keyword import KeywordIndex
 from ingest.models import Chunk, Document, Job
@@ -150,10 +150,7 @@ class IngestPipeline:
             self.files.delete(doc.path)
 
     def _prepare(self, job: Job) -> _Prepared:
-        kb = self.catalog.get_kb(job.kb)
-        if kb is None:
-            raise NotFoundError(f"knowledge base {job.kb!r} not found; create it first")
-        check_built_with(kb, self.embeddings)
+        check_built_with(self.catalog.require_kb(job.kb, counts=False), self.embeddings)
         doc = self.catalog.get_document(job.kb, job.doc_id)
         data = self.files.read(doc.path) if doc is not None and doc.path else None
         if doc is None or data is None:

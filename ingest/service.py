@@ -136,10 +136,9 @@ class KnowledgeBaseService:
         return kb
 
     def get_kb(self, name: str, counts: bool = True) -> KnowledgeBase:
-        kb = self.catalog.get_kb(name, counts)
-        if kb is None:
-            raise NotFoundError(f"knowledge base {name!r} not found; create it first")
-        return kb
+        """The knowledge base (NotFoundError when missing); ``counts=False`` when only its
+        existence matters: no count of its documents and chunks."""
+        return self.catalog.require_kb(name, counts)
 
     def open_kb(self, name: str) -> KnowledgeBase:
         """The KB (without its counts), checked to be built with this service's embedding
@@ -150,7 +149,7 @@ class KnowledgeBaseService:
         return self.catalog.list_kbs()
 
     def delete_kb(self, name: str) -> None:
-        self.get_kb(name)
+        self.get_kb(name, counts=False)
         self.catalog.delete_kb(name)
         self.store.drop(name)
         self.keyword.forget(name)
@@ -200,11 +199,11 @@ class KnowledgeBaseService:
 
     # documents -------------------------------------------------------------------------
     def list_documents(self, kb: str) -> list[Document]:
-        self.get_kb(kb)
+        self.get_kb(kb, counts=False)
         return self.catalog.list_documents(kb)
 
     def get_document(self, kb: str, doc_id: str) -> Document:
-        self.get_kb(kb)
+        self.get_kb(kb, counts=False)
         doc = self.catalog.get_document(kb, doc_id)
         if doc is None:
             raise NotFoundError(f"document {doc_id!r} not found in knowledge base {kb!r}")

@@ -405,7 +405,7 @@ class RagService:
             question, "question"
         )  # InputTooLargeError -> 413, before any work
         for name in knowledge_bases:
-            self.kb.get_kb(name)  # NotFoundError -> 404
+            self.kb.get_kb(name, counts=False)  # NotFoundError -> 404
 
     async def _answer_events(
         self,
