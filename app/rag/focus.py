@@ -11,6 +11,7 @@ was left out.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 from ingest.splitter import split_sentences
@@ -32,6 +33,26 @@ def relevance(sentence: str, question: str) -> float:
     q, s = _features(question), _features(sentence)
     shared = q & s
     return sum(2.0 if len(f) == 2 and _CJK.match(f[0]) else 1.0 for f in shared)
+
+
+class DistinctiveRelevance:
+    """``relevance`` against a set of sentences, a shared term weighted by how few of them
+    have it (log((n + 1) / sentences with it)): the name a question is about is in most of
+    them and tells them apart poorly; "体长" or "为食" marks the one that answers."""
+
+    def __init__(self, sentences: list[str], question: str) -> None:
+        self.terms = _features(question)
+        shared = [_features(s) & self.terms for s in sentences]
+        frequency = {t: sum(t in s for s in shared) for t in self.terms}
+        self.weight = {
+            t: (2.0 if len(t) == 2 and _CJK.match(t[0]) else 1.0)
+            * math.log((len(sentences) + 1) / frequency[t])
+            for t in self.terms
+            if frequency[t]
+        }
+
+    def __call__(self, text: str) -> float:
+        return sum(self.weight.get(t, 0.0) for t in _features(text) & self.terms)
 
 
 def coverage(text: str, question: str) -> float:

@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from app.rag.focus import GAP, relevance, sentences_of
+from app.rag.focus import GAP, DistinctiveRelevance, relevance, sentences_of
 
 _CJK = "\u3400-\u9fff\uf900-\ufaff"
 # one CJK character, or a run of other letters/digits (a word or a number)
@@ -140,6 +140,20 @@ def focused_sentence(question: str, passages: Iterable[str], leave_out: str) -> 
     return best
 
 
+def checked(answer: str, question: str, passages: Iterable[str], min_relevance: float) -> str:
+    """A quoted sentence that shares less than ``min_relevance`` of what the passages' best
+    sentence shares with the question (``DistinctiveRelevance``: the question's rarer terms
+    count most) is likely a neighbouring sentence copied: that best sentence instead. A line
+    that only names the question's subject (a title) is never the replacement."""
+    sentences = [s.strip() for p in passages for s in candidates(p, max_run=1) if s.strip()]
+    sentences = [s for s in sentences if not echoes(s, question)]
+    if min_relevance <= 0 or not sentences:
+        return answer
+    score = DistinctiveRelevance(sentences, question)
+    best = max(sentences, key=score)
+    return best if score(answer) < min_relevance * score(best) else answer
+
+
 def finish(
     answer: str,
     question: str,
@@ -148,15 +162,18 @@ def finish(
     short: bool,
     min_overlap: float,
     unit_pattern: str,
+    min_relevance: float = 0.0,
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
     name, date, number or place) keeps its words, a number gains its unit; any other answer
     is quoted from the passages when it overlaps one enough (``min_overlap``), else kept.
     Then, if the model's answer or its quote only repeats the question's subject (a title
-    line quoted for "X以什么为食？"), the sentence that answers replaces it. None: the answer
-    has no words and names no list item of the passages (the caller falls back to the
-    passage itself)."""
+    line quoted for "X以什么为食？"), the sentence that answers replaces it; a sentence answer
+    far less related to the question than the passages' best sentence gives way to it
+    (``checked``). None: the answer has no words and names no list item of the passages (the
+    caller falls back to the passage itself)."""
     passages = list(passages)
+    quoted = None
     if short:
         result = with_unit(answer, passages, unit_pattern)
     else:
@@ -169,4 +186,6 @@ def finish(
             found = focused_sentence(question, passages, said.strip().strip("《》“”\"'「」。.# "))
             if found:
                 return found
-    return result
+    if short or quoted is None:
+        return result
+    return checked(result, question, passages, min_relevance)

@@ -130,6 +130,15 @@ class RagSettings(Section):
         "passage sentence for the answer to be replaced by it; below it the model's own words "
         "stay (it combined passages, or answered from elsewhere).",
     )
+    answer_min_relevance: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="A sentence answer (not a short one) sharing less than this fraction of "
+        "the question's terms that the passages' best sentence shares (terms weighted by how "
+        "few of the passages' sentences have them) is replaced by that sentence: a small model "
+        "sometimes copies a neighbouring sentence (quoted answers only; 0: never).",
+    )
     answer_units: str = Field(
         ANSWER_UNITS,
         description="Regex matched in the passage right after a short answer that ends in a "

@@ -141,6 +141,7 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
             short=False,
             min_overlap=settings.quote_min_overlap,
             unit_pattern=settings.answer_units,
+            min_relevance=settings.answer_min_relevance,
         )
         assert expected is not None
         assert answer["answer"] == expected, (question, said)
@@ -157,6 +158,7 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
         short=True,
         min_overlap=settings.quote_min_overlap,
         unit_pattern=settings.answer_units,
+        min_relevance=settings.answer_min_relevance,
     )
     assert short["answer"].startswith(said.strip().rstrip("."))
 

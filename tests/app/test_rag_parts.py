@@ -373,6 +373,33 @@ def test_relevance_gate_needs_the_question_terms() -> None:
     assert relevant(near, question)  # no thresholds: every passage passes
 
 
+def test_a_copied_neighbour_sentence_gives_way_to_the_one_that_answers() -> None:
+    from app.rag.focus import DistinctiveRelevance
+    from app.rag.quote import checked, finish
+
+    passage = "牛佬\n牛佬是香港漫画家。牛佬原名文启明，1961年出生。牛佬的作品以讽刺社会著称。"
+    question = "牛佬的作品有什么特点？"
+    right = "牛佬的作品以讽刺社会著称。"
+    wrong = "牛佬原名文启明，1961年出生。"
+    # the name is in every sentence and tells them apart poorly; "作品" marks the one
+    score = DistinctiveRelevance([wrong, right, "牛佬是香港漫画家。"], question)
+    assert score("牛佬") < score("作品") and score("与此无关") == 0.0
+    assert checked(wrong, question, [passage], 0.2) == right
+    assert checked(right, question, [passage], 0.2) == right
+    assert checked(wrong, question, [passage], 0.0) == wrong  # off
+    kwargs = {"min_overlap": 0.5, "unit_pattern": ""}
+    # the model copied the wrong sentence (quoted verbatim first), then the check
+    said = "牛佬原名文启明，1961年出生"
+    assert finish(said, question, [passage], short=False, min_relevance=0.2, **kwargs) == right
+    assert finish(said, question, [passage], short=False, **kwargs) == wrong
+    # the model's own words (no passage sentence close enough) and short answers stay
+    own = "讽刺"
+    assert finish(own, question, [passage], short=False, min_relevance=0.2, **kwargs) == own
+    assert finish(
+        "文启明", "牛佬原名叫什么？", [passage], short=True, min_relevance=0.2, **kwargs
+    ) == ("文启明")
+
+
 def test_a_list_number_is_not_a_sentence_answer() -> None:
     from app.rag.quote import has_words
 
