@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,29 @@ def models_dir() -> Path:
     path = Path(os.environ.get("KBQA_TEST_MODELS_DIR", "/tmp/kbqa-test-models"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A list to put started processes in; on exit each is terminated (killed after 60 s)."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.terminate()
+        for proc in started:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def started_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``processes()`` for a test: what it starts is stopped at teardown."""
+    with processes() as started:
+        yield started
 
 
 def free_port() -> int:

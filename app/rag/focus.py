@@ -28,11 +28,14 @@ def _features(text: str) -> set[str]:
     return grams | set(chars) | {w.lower() for w in _WORD.findall(text)}
 
 
+def _weight(feature: str) -> float:
+    """A CJK bigram counts double (a shared bigram is a shared term)."""
+    return 2.0 if len(feature) == 2 and _CJK.match(feature[0]) else 1.0
+
+
 def relevance(sentence: str, question: str) -> float:
     """Shared features, bigrams counting double (a shared bigram is a shared term)."""
-    q, s = _features(question), _features(sentence)
-    shared = q & s
-    return sum(2.0 if len(f) == 2 and _CJK.match(f[0]) else 1.0 for f in shared)
+    return sum(_weight(f) for f in _features(question) & _features(sentence))
 
 
 class DistinctiveRelevance:
@@ -45,8 +48,7 @@ class DistinctiveRelevance:
         shared = [_features(s) & self.terms for s in sentences]
         frequency = {t: sum(t in s for s in shared) for t in self.terms}
         self.weight = {
-            t: (2.0 if len(t) == 2 and _CJK.match(t[0]) else 1.0)
-            * math.log((len(sentences) + 1) / frequency[t])
+            t: _weight(t) * math.log((len(sentences) + 1) / frequency[t])
             for t in self.terms
             if frequency[t]
         }

@@ -359,7 +359,11 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 def test_two_apis_and_two_workers_share_one_catalog(
-    tmp_path: Path, pg_url: str, chroma_server: tuple[str, int], embeddings: NamedEmbeddings
+    tmp_path: Path,
+    pg_url: str,
+    chroma_server: tuple[str, int],
+    embeddings: NamedEmbeddings,
+    started_processes: list[subprocess.Popen[bytes]],
 ) -> None:
     """Four processes as on four hosts (each its own data dir): two `kbqa serve` replicas and
     two `kbqa worker`s on one PostgreSQL and one Chroma server. Half the files go through each
@@ -382,83 +386,69 @@ def test_two_apis_and_two_workers_share_one_catalog(
         "KBQA_INGEST__POLL_INTERVAL_S": "0.2",
     }
     ports = [_free_port(), _free_port()]
-    procs = []
-    try:
-        for n, port in enumerate(ports):
-            env = {**base, "KBQA_DATA_DIR": str(tmp_path / f"api{n}")}
-            procs.append(_start(["serve", "--port", str(port)], env, tmp_path / f"api{n}.log"))
-        for n in range(2):
-            env = {**base, "KBQA_DATA_DIR": str(tmp_path / f"worker{n}")}
-            procs.append(_start(["worker"], env, tmp_path / f"worker{n}.log"))
-        apis = [httpx.Client(base_url=f"http://127.0.0.1:{p}", timeout=60) for p in ports]
-        deadline = time.monotonic() + 120
-        for api in apis:
-            while True:
-                try:
-                    if api.get("/health").is_success:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "a replica did not start"
-                time.sleep(0.3)
-        assert apis[0].post("/v1/knowledge_bases", json={"name": "kb"}).status_code == 201
-        files = {
-            f"doc{n}.txt": (
-                f"第{n}号文件。"
-                + "".join(f"第{n}号文件的第{i}句话讲述不同的内容。" for i in range(12))
-            )
-            for n in range(8)
-        }
-        job_ids = []
-        for n, (name, text) in enumerate(files.items()):
-            response = apis[n % 2].post(
-                "/v1/knowledge_bases/kb/documents", files=[("files", (name, text.encode()))]
-            )
-            assert response.status_code == 202, response.text
-            job_ids.append(response.json()["data"][0]["job"]["id"])
-        deadline = time.monotonic() + 240
+    procs = started_processes
+    for n, port in enumerate(ports):
+        env = {**base, "KBQA_DATA_DIR": str(tmp_path / f"api{n}")}
+        procs.append(_start(["serve", "--port", str(port)], env, tmp_path / f"api{n}.log"))
+    for n in range(2):
+        env = {**base, "KBQA_DATA_DIR": str(tmp_path / f"worker{n}")}
+        procs.append(_start(["worker"], env, tmp_path / f"worker{n}.log"))
+    apis = [httpx.Client(base_url=f"http://127.0.0.1:{p}", timeout=60) for p in ports]
+    deadline = time.monotonic() + 120
+    for api in apis:
         while True:
-            jobs = [apis[1].get(f"/v1/jobs/{j}").json() for j in job_ids]
-            if all(j["state"] in ("succeeded", "failed") for j in jobs):
-                break
-            assert time.monotonic() < deadline, jobs
-            time.sleep(0.3)
-        assert {(j["state"], j["attempts"]) for j in jobs} == {("succeeded", 1)}
-        total = sum(j["chunks"] for j in jobs)
-        docs = apis[1].get("/v1/knowledge_bases/kb/documents").json()["data"]
-        chunk_ids = [
-            c["chunk_id"]
-            for d in docs
-            for c in apis[0]
-            .get(f"/v1/knowledge_bases/kb/documents/{d['id']}/chunks")
-            .json()["data"]
-        ]
-        assert len(chunk_ids) == len(set(chunk_ids)) == total
-        store = VectorStore.http(*chroma_server, embeddings, prefix="replicas")
-        stored = [i for d in docs for i in store.ids_of_doc("kb", d["id"])]
-        assert sorted(stored) == sorted(chunk_ids) and store.count("kb") == total
-        query = {"query": "第5号文件讲述什么内容", "top_k": 5}
-        for mode in ("keyword", "hybrid"):
-            hits = [
-                api.post("/v1/knowledge_bases/kb/search", json={**query, "mode": mode}).json()
-                for api in apis
-            ]
-            assert [h["chunk_id"] for h in hits[0]["data"]] == [
-                h["chunk_id"] for h in hits[1]["data"]
-            ]
-            assert hits[0]["data"][0]["filename"] == "doc5.txt", mode
-        doc5 = next(d["id"] for d in docs if d["filename"] == "doc5.txt")
-        assert apis[1].delete(f"/v1/knowledge_bases/kb/documents/{doc5}").status_code == 200
-        after = apis[0].post("/v1/knowledge_bases/kb/search", json={**query, "mode": "keyword"})
-        assert all(h["filename"] != "doc5.txt" for h in after.json()["data"])
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
             try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                if api.get("/health").is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "a replica did not start"
+            time.sleep(0.3)
+    assert apis[0].post("/v1/knowledge_bases", json={"name": "kb"}).status_code == 201
+    files = {
+        f"doc{n}.txt": (
+            f"第{n}号文件。" + "".join(f"第{n}号文件的第{i}句话讲述不同的内容。" for i in range(12))
+        )
+        for n in range(8)
+    }
+    job_ids = []
+    for n, (name, text) in enumerate(files.items()):
+        response = apis[n % 2].post(
+            "/v1/knowledge_bases/kb/documents", files=[("files", (name, text.encode()))]
+        )
+        assert response.status_code == 202, response.text
+        job_ids.append(response.json()["data"][0]["job"]["id"])
+    deadline = time.monotonic() + 240
+    while True:
+        jobs = [apis[1].get(f"/v1/jobs/{j}").json() for j in job_ids]
+        if all(j["state"] in ("succeeded", "failed") for j in jobs):
+            break
+        assert time.monotonic() < deadline, jobs
+        time.sleep(0.3)
+    assert {(j["state"], j["attempts"]) for j in jobs} == {("succeeded", 1)}
+    total = sum(j["chunks"] for j in jobs)
+    docs = apis[1].get("/v1/knowledge_bases/kb/documents").json()["data"]
+    chunk_ids = [
+        c["chunk_id"]
+        for d in docs
+        for c in apis[0].get(f"/v1/knowledge_bases/kb/documents/{d['id']}/chunks").json()["data"]
+    ]
+    assert len(chunk_ids) == len(set(chunk_ids)) == total
+    store = VectorStore.http(*chroma_server, embeddings, prefix="replicas")
+    stored = [i for d in docs for i in store.ids_of_doc("kb", d["id"])]
+    assert sorted(stored) == sorted(chunk_ids) and store.count("kb") == total
+    query = {"query": "第5号文件讲述什么内容", "top_k": 5}
+    for mode in ("keyword", "hybrid"):
+        hits = [
+            api.post("/v1/knowledge_bases/kb/search", json={**query, "mode": mode}).json()
+            for api in apis
+        ]
+        assert [h["chunk_id"] for h in hits[0]["data"]] == [h["chunk_id"] for h in hits[1]["data"]]
+        assert hits[0]["data"][0]["filename"] == "doc5.txt", mode
+    doc5 = next(d["id"] for d in docs if d["filename"] == "doc5.txt")
+    assert apis[1].delete(f"/v1/knowledge_bases/kb/documents/{doc5}").status_code == 200
+    after = apis[0].post("/v1/knowledge_bases/kb/search", json={**query, "mode": "keyword"})
+    assert all(h["filename"] != "doc5.txt" for h in after.json()["data"])
 
 
 def _free_port() -> int:
