@@ -174,16 +174,20 @@ def test_compose_parses_and_points_at_real_files() -> None:
 
 def test_packaged_gemma_without_chat_template(models_dir: Path) -> None:
     """The packaged Gemma 3 270m base has no chat template: it is served through the plain
-    prompt template, and `llm.prompt_template` replaces that for any model."""
+    prompt template, and `llm.prompt_template` replaces that for any model. Checked on
+    llama.cpp, the CPU default backend (its GGUF runs as shipped; a transformers copy would be
+    a 1 GB fp32 conversion of ~2 minutes on a fresh machine, for the same template logic that
+    the SmolLM2 check below covers on transformers)."""
     from app.llm.base import ChatMessage, GenerationParams
-    from app.llm.models import PLAIN_TEMPLATE
+    from app.llm.llamacpp_backend import LlamaCppBackend
+    from app.llm.models import PACKAGED, PLAIN_TEMPLATE
     from app.llm.transformers_backend import TransformersBackend
 
     question = [ChatMessage("user", "中国的首都是哪里？")]
-    settings = load_settings(**{"llm.model": "gemma-3-270m", "models_dir": models_dir})
-    gemma = TransformersBackend.load(settings.llm, models_dir)
+    assert PACKAGED["gemma-3-270m"].chat_template == PLAIN_TEMPLATE
+    base = {"llm.model": "gemma-3-270m", "models_dir": models_dir, "llm.context_length": 512}
+    gemma = LlamaCppBackend.load(load_settings(**base).llm, models_dir)
     try:
-        assert gemma.chat_template == PLAIN_TEMPLATE
         assert gemma.render(question).endswith("Question: 中国的首都是哪里？\nAnswer:")
         answer = gemma.generate_text(question, GenerationParams(max_tokens=16))
         assert answer.completion_tokens > 0 and answer.text.strip()
@@ -193,14 +197,28 @@ def test_packaged_gemma_without_chat_template(models_dir: Path) -> None:
     finally:
         gemma.close()
     custom = "{% for m in messages %}<<{{ m.role }}>> {{ m.content }}\n{% endfor %}A:"
-    settings = load_settings(
-        **{"llm.model": "gemma-3-270m", "models_dir": models_dir, "llm.prompt_template": custom}
+    overridden = LlamaCppBackend.load(
+        load_settings(**base, **{"llm.prompt_template": custom}).llm, models_dir
     )
-    overridden = TransformersBackend.load(settings.llm, models_dir)
     try:
         assert overridden.render(question) == "<<user>> 中国的首都是哪里？\nA:"
     finally:
         overridden.close()
+    # the same override on transformers, over a model that has its own chat template
+    settings = load_settings(
+        **{
+            "llm.model": "smollm2-135m-instruct",
+            "llm.backend": "transformers",
+            "models_dir": models_dir,
+            "llm.prompt_template": custom,
+        }
+    )
+    smollm2 = TransformersBackend.load(settings.llm, models_dir)
+    try:
+        assert smollm2.chat_template == custom
+        assert smollm2.render(question) == "<<user>> 中国的首都是哪里？\nA:"
+    finally:
+        smollm2.close()
 
 
 def test_dotted_keys_nest_and_merge() -> None:

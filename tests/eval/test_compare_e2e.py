@@ -48,8 +48,8 @@ QA = [
 NEGATIVE = "What is a good recipe for chocolate cake?"
 SYSTEMS = ["base", "rag", "lora", "rag+lora"]
 REPEATS = 2
-PROBE = 6  # forgetting-probe questions
-MAX_TOKENS = 12
+PROBE = 3  # forgetting-probe questions
+MAX_TOKENS = 8
 
 
 def _settings(data_dir: Path, models_dir: Path, **extra: Any) -> Settings:
@@ -102,7 +102,7 @@ def setup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     qa.write_text("".join(json.dumps(q) + "\n" for q in QA), encoding="utf-8")
     negatives = tmp / "negatives.txt"
     negatives.write_text(NEGATIVE + "\n", encoding="utf-8")
-    # the forgetting probe: the first questions of the shipped one (all 30 would be 48 more
+    # the forgetting probe: the first questions of the shipped one (all 30 would be 54 more
     # generations and as many likelihoods under base and lora, most of this test's time)
     probe = tmp / "probe.jsonl"
     shipped = DEFAULT_PROBE.read_text(encoding="utf-8").splitlines()
@@ -224,11 +224,12 @@ def test_compare_in_process_files_consistency_and_resume(setup: dict) -> None:
     assert "| system |" in (out / "report.md").read_text()
 
     # gold-answer likelihood: every answerable question under each system's own prompt
-    # (3 questions x 4 systems, and the 6 probe questions under base and lora)
+    # (3 questions x 4 systems, and the probe questions under base and lora)
     assert f"likelihood_scored={len(QA) * len(SYSTEMS) + 2 * PROBE}" in first.output
     lines = (out / "likelihood.jsonl").read_text().splitlines()
     likelihood = [r for r in map(json.loads, lines) if not r.get("probe")]
-    assert len(lines) == 24 and len(likelihood) == 12
+    assert len(lines) == len(QA) * len(SYSTEMS) + 2 * PROBE
+    assert len(likelihood) == len(QA) * len(SYSTEMS)
     assert {(r["id"], r["system"]) for r in likelihood} == {
         (q["id"], s) for q in QA for s in SYSTEMS
     }

@@ -42,7 +42,6 @@ def test_train_on_the_default_model_and_serve_the_adapter_on_llamacpp(
         "warmup_ratio": 0.0,
         "batch_size": 1,
         "max_length": 64,
-        "threads": 1,  # the cores are shared with the server threads of other tests
         "seed": 0,
     }
     config.write_text(yaml.safe_dump(settings))
