@@ -31,7 +31,7 @@ from eval.compare import (
     run_of,
 )
 from eval.data import QAItem, read_qa
-from eval.report import write_reports
+from eval.report import SUMMARY, write_reports
 from eval.summary import SummaryOptions, summarize
 from eval.systems import HttpRunner, InProcessRunner, Runner
 
@@ -220,7 +220,9 @@ async def run_experiment(
 
 def rebuild_report(ev: EvalSettings, out: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """The summary and reports again from ``out``'s files: the last answer of each
-    (question, system, repeat, run), the sampled ones at the last run's sampling options."""
+    (question, system, repeat, run), the sampled ones at the last run's sampling options.
+    The systems skipped and the instruments that did not run, with why, are kept from the
+    previous summary.json (the answer files do not record them)."""
     rows = [r for r in load_results(out / RESULTS) if not r.get("error")]
     if not rows:
         raise ExperimentError(f"{out / RESULTS} holds no answers")
@@ -233,6 +235,9 @@ def rebuild_report(ev: EvalSettings, out: Path) -> tuple[dict[str, Any], dict[st
             ),
         )
     run = json.loads((out / RUN).read_text(encoding="utf-8")) if (out / RUN).is_file() else {}
+    previous = (
+        json.loads((out / SUMMARY).read_text(encoding="utf-8")) if (out / SUMMARY).is_file() else {}
+    )
     opts = run.get("options", {})
     systems = [s for s in opts.get("systems", []) if s] or sorted({r["system"] for r in rows})
     wanted_t, wanted_p = opts.get("sampling_temperature"), opts.get("top_p")
@@ -259,5 +264,7 @@ def rebuild_report(ev: EvalSettings, out: Path) -> tuple[dict[str, Any], dict[st
         meta={k: v for k, v in run.get("fixed", {}).items() if v is not None},
         likelihood_rows=last_per_question(LIKELIHOOD),
         probe_rows=last_per_question(PROBE),
+        skipped=previous.get("skipped") or {},
+        notes=previous.get("notes") or {},
     )
     return summary, write_reports(summary, out)

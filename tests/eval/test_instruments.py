@@ -329,8 +329,15 @@ def test_sampled_run_follows_the_main_run_and_resumes(tmp_path: Path) -> None:
     assert third.reused == 8
 
     # `kbqa eval report` rebuilds the summary from the files: the sampled rows of the last
-    # sampling options only, and the probe
+    # sampling options only, and the probe; what did not run, and why, stays in it
     from typer.testing import CliRunner
+
+    from eval.report import write_reports
+
+    write_reports(
+        summarize(run.rows, items, ["base", "lora"], SummaryOptions(samples=100), notes=run.notes),
+        tmp_path,
+    )
 
     from app.cli import cli
 
@@ -342,6 +349,9 @@ def test_sampled_run_follows_the_main_run_and_resumes(tmp_path: Path) -> None:
     assert lora["sampled"]["mixed_correctness"] == 1.0 and lora["sampled"]["repeats"] == 5
     assert rebuilt["forgetting"]["questions"] == 1
     assert rebuilt["forgetting"]["changed"]["mean"] == 0.0
+    assert rebuilt["notes"] == run.notes and "likelihood" in rebuilt["notes"]
+    report = (tmp_path / "report.md").read_text()
+    assert f"No likelihood measurement: {run.notes['likelihood']}" in report
 
 
 def test_the_shipped_forgetting_probe_is_30_answerable_questions() -> None:
