@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 import yaml
 from transformers import TrainerCallback
 
@@ -209,12 +208,8 @@ def server(
             "llm.adapters": {"codeword-lora": str(run["out"])},
         }
     )
-    threads = torch.get_num_threads()
-    try:
-        with live_server_factory(create_app(app_settings)) as live:
-            yield live
-    finally:  # llm.threads is process-wide in torch: give it back to later tests
-        torch.set_num_threads(threads)
+    with live_server_factory(create_app(app_settings)) as live:
+        yield live
 
 
 def test_live_api_answers_with_the_adapter_and_base_does_not(server: Any) -> None:

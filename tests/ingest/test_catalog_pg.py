@@ -242,7 +242,11 @@ def test_replicas_share_files_chunks_and_changes(
 
 
 def test_a_killed_worker_job_is_finished_by_the_other(
-    tmp_path: Path, pg_url: str, chroma_server: tuple[str, int], embeddings: NamedEmbeddings
+    tmp_path: Path,
+    pg_url: str,
+    chroma_server: tuple[str, int],
+    embeddings: NamedEmbeddings,
+    started_processes: list[subprocess.Popen[bytes]],
 ) -> None:
     """Two `kbqa worker` processes on one PostgreSQL and one Chroma server; one is killed
     with SIGKILL mid-job: the other finishes every job, each chunk stored once, as a clean
@@ -292,24 +296,18 @@ def test_a_killed_worker_job_is_finished_by_the_other(
             if j.state == "running" and j.progress_done >= 2 and _owner_pid(api, j.id) == pid
         ]
 
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    second = None
-    try:
-        wait_for(lambda: bool(running_of(first.pid)), "the first worker's progress")
-        second = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        victim = running_of(first.pid)[0].id
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-        wait_for(
-            lambda: all(api.get_job(j).state == "succeeded" for j in job_ids), "every job done"
-        )
-    finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=60)
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started_processes.append(proc)  # stopped at teardown, whatever the test's outcome
+        return proc
+
+    first = start()
+    wait_for(lambda: bool(running_of(first.pid)), "the first worker's progress")
+    start()
+    victim = running_of(first.pid)[0].id
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    wait_for(lambda: all(api.get_job(j).state == "succeeded" for j in job_ids), "every job done")
     assert api.get_job(victim).attempts == 2  # taken over once
     chunks = {j: api.get_job(j).chunks for j in job_ids}
     # a clean single-process ingest of the same files, for the expected counts
