@@ -54,16 +54,17 @@ def overlap(answer: str, candidate: str) -> float:
 
 def candidates(passage: str, max_run: int = 2) -> list[str]:
     """Sentences of a passage (lines apart, " … " gaps dropped) and runs of up to ``max_run``
-    adjacent ones."""
-    sentences: list[str] = []
+    adjacent ones of the same line: a heading line and the sentence under it are not one
+    quote (an answer naming the subject twice matched "title" + "title (...)" better than
+    its own sentence)."""
+    runs: list[str] = []
     for block in passage.split(GAP):
         for line in block.splitlines():
-            sentences.extend(s for s in sentences_of(line) if s)
-    runs = []
-    for start in range(len(sentences)):
-        for length in range(1, max_run + 1):
-            if start + length <= len(sentences):
-                runs.append("".join(sentences[start : start + length]))
+            sentences = [s for s in sentences_of(line) if s]
+            for start in range(len(sentences)):
+                for length in range(1, max_run + 1):
+                    if start + length <= len(sentences):
+                        runs.append("".join(sentences[start : start + length]))
     return runs
 
 

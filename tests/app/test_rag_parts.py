@@ -338,6 +338,15 @@ def test_quote_replaces_a_paraphrase_with_the_source_sentence() -> None:
     assert quote(two, [passage], 0.5) == f"{first}。{second}。"
     # across the focus gap " … " sentences are not joined
     assert quote("大熊猫每天吃竹子十多公斤", [other], 0.5) == "成年大熊猫每天要吃十多公斤竹子。"
+    # nor across lines: a heading and the sentence under it are not one quote
+    # (it used to quote the title line joined to the next line's start)
+    page = (
+        "威拍哇丽兰室路\n威拍哇丽兰室路（；）又名「第三十一公路」，为一条泰国的公路。"
+        "它以拉玛六世的女儿威拍哇丽兰室公主而命名，她是著名的小说家，"
+        "在她生命的最后十年献身于发展泰国南部的农村。"
+    )
+    said = "威拍哇丽兰室路以拉玛六世的女儿威拍哇丽兰室公主而命名。"
+    assert quote(said, [page], 0.5) == page.split("。")[1] + "。"
     # nothing close enough: the model's words stay (None), nor is an empty answer quoted
     assert quote("这份资料没有提到测评机构的名称。", [passage], 0.8) is None
     assert quote("……", [passage], 0.0) is None
