@@ -134,6 +134,7 @@ def run_model(args: argparse.Namespace, on: list[dict], off: list[dict]) -> dict
                 "refused": body["refused"],
                 "seconds": seconds,
                 "sources": [s["filename"] for s in body["sources"]],
+                "passages": [s["text"] for s in body["sources"]],
                 "gold": q.get("source"),
                 "prompt_tokens": body.get("usage", {}).get("prompt_tokens"),
             }
