@@ -63,6 +63,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="session")
+def free_ports() -> Callable[[], int]:
+    """``free_port`` for tests and conftests in subfolders (they cannot import this module)."""
+    return free_port
+
+
 class LiveServer:
     def __init__(self, app: Any, port: int, http: Any = None) -> None:
         import uvicorn

@@ -4,11 +4,10 @@ temporary data dir, a real Chroma server, and generated documents."""
 from __future__ import annotations
 
 import io
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,18 +40,14 @@ def service(tmp_path: Path, embeddings: NamedEmbeddings) -> Iterator[KnowledgeBa
     svc.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+def chroma_server(
+    tmp_path_factory: pytest.TempPathFactory, free_ports: Callable[[], int]
+) -> Iterator[tuple[str, int]]:
     """A real `chroma run` on 127.0.0.1, stopped after the session."""
     import httpx
 
-    port = _free_port()
+    port = free_ports()
     path = tmp_path_factory.mktemp("chroma-server")
     chroma = Path(sys.executable).parent / "chroma"
     proc = subprocess.Popen(

@@ -362,6 +362,7 @@ def test_two_apis_and_two_workers_share_one_catalog(
     chroma_server: tuple[str, int],
     embeddings: NamedEmbeddings,
     started_processes: list[subprocess.Popen[bytes]],
+    free_ports: Callable[[], int],
 ) -> None:
     """Four processes as on four hosts (each its own data dir): two `kbqa serve` replicas and
     two `kbqa worker`s on one PostgreSQL and one Chroma server. Half the files go through each
@@ -383,7 +384,7 @@ def test_two_apis_and_two_workers_share_one_catalog(
         "KBQA_INGEST__CHUNK_OVERLAP": "20",
         "KBQA_INGEST__POLL_INTERVAL_S": "0.2",
     }
-    ports = [_free_port(), _free_port()]
+    ports = [free_ports(), free_ports()]
     procs = started_processes
     for n, port in enumerate(ports):
         env = {**base, "KBQA_DATA_DIR": str(tmp_path / f"api{n}")}
@@ -447,14 +448,6 @@ def test_two_apis_and_two_workers_share_one_catalog(
     assert apis[1].delete(f"/v1/knowledge_bases/kb/documents/{doc5}").status_code == 200
     after = apis[0].post("/v1/knowledge_bases/kb/search", json={**query, "mode": "keyword"})
     assert all(h["filename"] != "doc5.txt" for h in after.json()["data"])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_an_unreachable_catalog_is_503_and_the_service_recovers(
