@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.main import create_app  # noqa: E402
+from app.rag.chain import Prompts, question_language  # noqa: E402
+from app.rag.quote import finish  # noqa: E402
 from app.services.factory import build_services  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 from app.settings.eval import REFUSAL_PATTERNS  # noqa: E402
@@ -146,6 +148,44 @@ def run_model(args: argparse.Namespace, on: list[dict], off: list[dict]) -> dict
     return summarize(args, sample, off, done, out)
 
 
+def finish_rows(args: argparse.Namespace, on: list[dict], off: list[dict]) -> dict[str, Any]:
+    """``--finish-from TAG``: no question asked; the raw answers of a run made with
+    ``--set rag.quote_answers=false`` (its rows keep the passages as sent) finished by the
+    service's own step (app.rag.quote.finish, the settings with this run's ``--set``), as
+    ``/ask`` would have sent them. Only the finishing can differ from a run through ``/ask``."""
+    settings = load_settings(**dict(kv.split("=", 1) for kv in args.set)).rag
+    model = args.model.replace("/", "_")
+    source = Path(args.out) / f"{model}-{args.finish_from}" / "answers.jsonl"
+    out = Path(args.out) / (model + (f"-{args.tag}" if args.tag else "-finished"))
+    out.mkdir(parents=True, exist_ok=True)
+    done = {}
+    with (out / "answers.jsonl").open("w") as sink:
+        for line in source.read_text().splitlines():
+            row = json.loads(line)
+            if row["passages"] and not row["refused"]:
+                prompts = Prompts.of(
+                    settings, question_language(row["question"], settings.zh_ratio), row["question"]
+                )
+                row["answer"] = (
+                    finish(
+                        row["answer"],
+                        row["question"],
+                        row["passages"],
+                        short=prompts.short,
+                        min_overlap=settings.quote_min_overlap,
+                        unit_pattern=settings.answer_units,
+                        min_relevance=settings.answer_min_relevance,
+                    )
+                    or row["answer"]
+                )
+            done[(row["kind"], row["id"], row["repeat"])] = row
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+    sample = random.Random(args.seed).sample(on, min(args.questions, len(on)))
+    sample = [q for q in sample if q["question"].strip()]
+    off = [q for q in off if ("off", q["id"], 0) in done]
+    return summarize(args, sample, off, done, out)
+
+
 def summarize(
     args: argparse.Namespace, sample: list[dict], off: list[dict], done: dict, out: Path
 ) -> dict[str, Any]:
@@ -202,9 +242,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality"))
     parser.add_argument("--set", action="append", default=[], help="setting override k=v")
     parser.add_argument("--tag", default="", help="a name for this configuration's results")
+    parser.add_argument(
+        "--finish-from",
+        default="",
+        help="TAG of a run made with --set rag.quote_answers=false: finish its answers offline "
+        "(app.rag.quote.finish) instead of asking",
+    )
     args = parser.parse_args()
     on, off = build_kb(Path(args.data), Path(args.out), args.held_out)
-    summary = run_model(args, on, off)
+    summary = finish_rows(args, on, off) if args.finish_from else run_model(args, on, off)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
