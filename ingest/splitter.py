@@ -23,6 +23,18 @@ _CLAUSE_TITLE = re.compile(r"^\s*(\d{1,3}(?:\.\d{1,3})*)\.?\s+(\S.{0,40})$")
 _CHAPTER = re.compile(r"^\s*第[一二三四五六七八九十百零〇\d]+[章节篇部分]\s*\S{0,40}$")
 _LETTER_ITEM = re.compile(r"^\s*(?:[a-z]|[ivx]{1,4})[)）]\s*\S")
 _TERMINAL = "。！？；.!?;:：，,"
+_TITLE_MAX = 60  # a book or work title 《…》 is at most this long: a longer span is no title
+
+
+def _inside_title(text: str, index: int) -> bool:
+    """Whether ``index`` lies inside a title 《…》 on one line (《卡拉OK.LIVE！‧台北‧我》: its "！"
+    ends no sentence). An unclosed 《 or one further back than ``_TITLE_MAX`` does not count."""
+    line_start = text.rfind("\n", 0, index) + 1
+    opened = text.rfind("《", line_start, index)
+    if opened < 0 or index - opened > _TITLE_MAX or text.rfind("》", opened, index) >= 0:
+        return False
+    closed = text.find("》", index, opened + _TITLE_MAX + 1)
+    return closed >= 0 and "\n" not in text[index:closed]
 
 
 @dataclass
@@ -39,6 +51,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     pos = 0
     for match in _SENTENCE_END.finditer(text):
+        if _inside_title(text, match.start()):
+            continue
         end = match.end()
         if text[pos:end].strip():
             spans.append((pos, end))

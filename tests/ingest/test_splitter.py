@@ -25,6 +25,17 @@ def test_ellipsis_and_quotes() -> None:
     assert len(parts) == 2
 
 
+def test_a_title_ends_no_sentence() -> None:
+    """《卡拉OK.LIVE！‧台北‧我》 is one album's name: its "！" ends no sentence, so a quoted answer
+    does not start halfway through the name (as it did for "张雨生的第六张国语专辑是什么？")."""
+    text = "《卡拉OK.LIVE！‧台北‧我》是张雨生的第六张专辑。他唱《好！》。"
+    parts = [text[s:e] for s, e in split_sentences(text)]
+    assert parts == ["《卡拉OK.LIVE！‧台北‧我》是张雨生的第六张专辑。", "他唱《好！》。"]
+    # a 《 never closed on its line, or closed too far on, is no title: sentences end as before
+    for text in ("他读了《论语。后来\n他走了》。", "《开头！" + "字" * 80 + "》完。"):
+        assert len(split_sentences(text)) == 2
+
+
 def test_clause_headings() -> None:
     assert clause_heading("8.1.4.1 身份鉴别") == (4, "8.1.4.1 身份鉴别")
     assert clause_heading("第三章 技术要求") == (1, "第三章 技术要求")
