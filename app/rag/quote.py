@@ -107,6 +107,12 @@ def echoes(answer: str, question: str) -> bool:
     return len(core) >= 2 and _PUNCT.sub("", question).lower().startswith(core)
 
 
+def adds_nothing(sentence: str, question: str) -> bool:
+    """Whether every character and word of ``sentence`` is in the question ("降居顺成宫。" for
+    "元皇后为什么被降居顺成宫？"): it restates what was asked and answers nothing."""
+    return not (units(sentence) - units(question))
+
+
 def with_unit(answer: str, passages: Iterable[str], unit_pattern: str) -> str:
     """A number answer followed in the passage by a unit or measure word (``unit_pattern``,
     matched right after it) gets that unit: "81.6万" -> "81.6万册". Unchanged otherwise."""
@@ -147,7 +153,7 @@ def checked(answer: str, question: str, passages: Iterable[str], min_relevance: 
     count most) is likely a neighbouring sentence copied: that best sentence instead. A line
     that only names the question's subject (a title) is never the replacement."""
     sentences = [s.strip() for p in passages for s in candidates(p, max_run=1) if s.strip()]
-    sentences = [s for s in sentences if not echoes(s, question)]
+    sentences = [s for s in sentences if not echoes(s, question) and not adds_nothing(s, question)]
     if min_relevance <= 0 or not sentences:
         return answer
     score = DistinctiveRelevance(sentences, question)

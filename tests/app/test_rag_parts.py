@@ -409,6 +409,22 @@ def test_a_copied_neighbour_sentence_gives_way_to_the_one_that_answers() -> None
     ) == ("文启明")
 
 
+def test_a_sentence_restating_the_question_never_replaces_an_answer() -> None:
+    """ "降居顺成宫。" shares every term with "元皇后为什么被降居顺成宫？" and answers nothing:
+    the check must not trade the model's reason (the sentence before it) for it."""
+    from app.rag.quote import adds_nothing, checked
+
+    passage = (
+        "干明元年，孝昭帝即位，十一月立为皇后。皇建二年，孝昭帝崩，梓宫之邺。始渡汾桥，武成帝"
+        "高湛听闻皇后有奇药，追索之不得，使宦官就车顿辱。降居顺成宫。武成帝既杀乐陵王高百年，"
+        "元皇后被隔离，不得与家相知。"
+    )
+    question = "元皇后为什么被降居顺成宫？"
+    reason = "始渡汾桥，武成帝高湛听闻皇后有奇药，追索之不得，使宦官就车顿辱。"
+    assert adds_nothing("降居顺成宫。", question) and not adds_nothing(reason, question)
+    assert checked(reason, question, [passage], 0.2) == reason
+
+
 def test_a_list_number_is_not_a_sentence_answer() -> None:
     from app.rag.quote import has_words
 
