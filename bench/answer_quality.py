@@ -174,6 +174,7 @@ def finish_rows(args: argparse.Namespace, on: list[dict], off: list[dict]) -> di
                         short=prompts.short,
                         min_overlap=settings.quote_min_overlap,
                         unit_pattern=settings.answer_units,
+                        qualifier_pattern=settings.answer_qualifiers,
                         min_relevance=settings.answer_min_relevance,
                     )
                     or row["answer"]

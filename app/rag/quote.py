@@ -133,6 +133,30 @@ def with_unit(answer: str, passages: Iterable[str], unit_pattern: str) -> str:
     return answer
 
 
+_STARTS_WITH_NUMBER = re.compile(r"^[0-9０-９零〇一二两三四五六七八九十百千万亿]")
+
+
+def with_qualifier(answer: str, passages: Iterable[str], qualifier_pattern: str) -> str:
+    """A number answer preceded in the passage by a qualifier (``qualifier_pattern``, matched
+    right before it) gets that qualifier: "22平方公里" -> "约22平方公里", "两岁" -> "年仅两岁"; the
+    source said the figure is approximate or a bound, and so does the answer. Unchanged
+    otherwise."""
+    core = answer.strip()
+    if not qualifier_pattern or not core or not _STARTS_WITH_NUMBER.search(core):
+        return answer
+    qualifier = re.compile(rf"(?:{qualifier_pattern})+$")  # "约只有": one or more
+    for passage in passages:
+        start = passage.find(core)
+        while start >= 0:
+            # a whole number, not the tail of a longer one ("16" inside "216")
+            if not (start and passage[start - 1].isdigit()):
+                found = qualifier.search(passage, max(0, start - 8), start)
+                if found and found.group():
+                    return found.group() + core
+            start = passage.find(core, start + 1)
+    return answer
+
+
 def focused_sentence(question: str, passages: Iterable[str], leave_out: str) -> str | None:
     """The passage sentence sharing most with the question once ``leave_out`` (the subject an
     echoed answer repeated, present everywhere) is removed from both; None without any."""
@@ -170,6 +194,7 @@ def finish(
     min_overlap: float,
     unit_pattern: str,
     min_relevance: float = 0.0,
+    qualifier_pattern: str = "",
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
     name, date, number or place) keeps its words, a number gains its unit; any other answer
@@ -182,7 +207,9 @@ def finish(
     passages = list(passages)
     quoted = None
     if short:
-        result = with_unit(answer, passages, unit_pattern)
+        result = with_qualifier(
+            with_unit(answer, passages, unit_pattern), passages, qualifier_pattern
+        )
     else:
         quoted = quote(answer, passages, min_overlap)
         if quoted is None and not has_words(answer):

@@ -455,6 +455,7 @@ class RagService:
                 short=prompts.short,
                 min_overlap=self.settings.quote_min_overlap,
                 unit_pattern=self.settings.answer_units,
+                qualifier_pattern=self.settings.answer_qualifiers,
                 min_relevance=self.settings.answer_min_relevance,
             )
             # None: a list number that names no item of the passages

@@ -49,6 +49,12 @@ ANSWER_UNITS = (
     r"欧元|元|分钟|小时|秒|个|人|名|位|册|本|部|次|座|间|处|所|家|种|条|项|件|台|辆|艘|架|枚|"
     r"层|届|岁|倍|级|%|％|km|kg|m\b)"
 )
+# Qualifiers a number answer keeps from its passage (rag.answer_qualifiers): the figure is
+# approximate, or a bound.
+ANSWER_QUALIFIERS = (
+    r"约|大约|大概|仅|仅有|只有|年仅|共|共计|总共|超过|逾|近|将近|接近|至少|最少|最多|不到|不足|"
+    r"多达|高达|长达|约有"
+)
 SHORT_ANSWER_ZH = (
     r"多少|几(?!乎)|多[大长高远重久宽深厚]|什么时候|何时|哪一?年|哪天|谁|哪里|哪儿|什么地方|"
     r"哪[个位家国座所支部队省市县条种]|什么职务|什么性"
@@ -144,6 +150,12 @@ class RagSettings(Section):
         description="Regex matched in the passage right after a short answer that ends in a "
         'number: what it matches is appended ("16" -> "16个", "81.6万" -> '
         '"81.6万册"): units and Chinese measure words. Empty: never.',
+    )
+    answer_qualifiers: str = Field(
+        ANSWER_QUALIFIERS,
+        description="Regex matched in the passage right before a short answer that starts "
+        'with a number: what it matches is put in front ("22平方公里" -> "约22平方公里", '
+        '"两岁" -> "年仅两岁"): the source called the figure approximate or a bound. Empty: never.',
     )
     passage_zh: str = Field(
         PASSAGE_ZH,

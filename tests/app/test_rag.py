@@ -142,6 +142,7 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
             min_overlap=settings.quote_min_overlap,
             unit_pattern=settings.answer_units,
             min_relevance=settings.answer_min_relevance,
+            qualifier_pattern=settings.answer_qualifiers,
         )
         assert expected is not None
         assert answer["answer"] == expected, (question, said)
@@ -159,6 +160,7 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
         min_overlap=settings.quote_min_overlap,
         unit_pattern=settings.answer_units,
         min_relevance=settings.answer_min_relevance,
+        qualifier_pattern=settings.answer_qualifiers,
     )
     assert short["answer"].startswith(said.strip().rstrip("."))
 

@@ -458,6 +458,28 @@ def test_a_number_answer_gets_its_unit_from_the_passage() -> None:
     assert with_unit("81.6", ["共81.6，其余"], units) == "81.6"
 
 
+def test_a_number_answer_keeps_the_passages_qualifier() -> None:
+    """ "约22平方公里", not "22平方公里": the source said the figure is approximate (or a bound),
+    and the answer must not say more than the source."""
+    from app.rag.quote import finish, with_qualifier
+
+    qualifiers = load_settings().rag.answer_qualifiers
+    passage = "核心保护区约22平方公里，体重约只有8公斤重；他年仅两岁即位。另有216个座位。"
+    assert with_qualifier("22平方公里", [passage], qualifiers) == "约22平方公里"
+    assert with_qualifier("8公斤重", [passage], qualifiers) == "约只有8公斤重"  # both kept
+    assert with_qualifier("两岁", [passage], qualifiers) == "年仅两岁"
+    assert with_qualifier("22平方公里", [passage], "") == "22平方公里"  # empty: never
+    # not a number, not preceded by a qualifier, or the tail of a longer number: unchanged
+    assert with_qualifier("保护区", [passage], qualifiers) == "保护区"
+    assert with_qualifier("216个", [passage], qualifiers) == "216个"
+    assert with_qualifier("16个", ["约216个座位"], qualifiers) == "16个"
+    # through the finishing step: a short answer gains its unit, then its qualifier
+    kwargs = {"min_overlap": 0.5, "unit_pattern": load_settings().rag.answer_units}
+    question = "核心保护区有多大？"
+    said = finish("22", question, [passage], short=True, qualifier_pattern=qualifiers, **kwargs)
+    assert said == "约22平方公里"
+
+
 def test_an_echoed_subject_becomes_the_sentence_that_answers() -> None:
     from app.rag.quote import echoes, finish
 
