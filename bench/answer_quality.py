@@ -175,6 +175,7 @@ def finish_rows(args: argparse.Namespace, on: list[dict], off: list[dict]) -> di
                         min_overlap=settings.quote_min_overlap,
                         unit_pattern=settings.answer_units,
                         qualifier_pattern=settings.answer_qualifiers,
+                        suffix_pattern=settings.answer_suffixes,
                         min_relevance=settings.answer_min_relevance,
                     )
                     or row["answer"]

@@ -133,6 +133,25 @@ def with_unit(answer: str, passages: Iterable[str], unit_pattern: str) -> str:
     return answer
 
 
+def with_suffix(answer: str, passages: Iterable[str], suffix_pattern: str) -> str:
+    """A short answer followed in the passage by its gloss or its part (``suffix_pattern``,
+    matched right after it) gets it: "天正3年" -> "天正3年（1575年）", "巴里·尼尔逊" -> "巴里·尼尔逊
+    （Barry Nelson）", "湖南省长沙县" -> "湖南省长沙县东北部". Unchanged otherwise."""
+    core = answer.strip().rstrip("。.，,；;")
+    if not suffix_pattern or not core:
+        return answer
+    suffix = re.compile(suffix_pattern)
+    for passage in passages:
+        start = passage.find(core)
+        while start >= 0:
+            # the answer itself, not the tail of a longer number ("3" inside "13（…）")
+            if not (start and core[0].isdigit() and passage[start - 1].isdigit()):
+                found = suffix.match(passage, start + len(core))
+                return core + found.group() if found and found.group() else answer
+            start = passage.find(core, start + 1)
+    return answer
+
+
 _STARTS_WITH_NUMBER = re.compile(r"^[0-9０-９零〇一二两三四五六七八九十百千万亿]")
 
 
@@ -195,6 +214,7 @@ def finish(
     unit_pattern: str,
     min_relevance: float = 0.0,
     qualifier_pattern: str = "",
+    suffix_pattern: str = "",
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
     name, date, number or place) keeps its words, a number gains its unit; any other answer
@@ -207,9 +227,9 @@ def finish(
     passages = list(passages)
     quoted = None
     if short:
-        result = with_qualifier(
-            with_unit(answer, passages, unit_pattern), passages, qualifier_pattern
-        )
+        result = with_unit(answer, passages, unit_pattern)
+        result = with_suffix(result, passages, suffix_pattern)
+        result = with_qualifier(result, passages, qualifier_pattern)
     else:
         quoted = quote(answer, passages, min_overlap)
         if quoted is None and not has_words(answer):

@@ -456,6 +456,7 @@ class RagService:
                 min_overlap=self.settings.quote_min_overlap,
                 unit_pattern=self.settings.answer_units,
                 qualifier_pattern=self.settings.answer_qualifiers,
+                suffix_pattern=self.settings.answer_suffixes,
                 min_relevance=self.settings.answer_min_relevance,
             )
             # None: a list number that names no item of the passages

@@ -55,6 +55,9 @@ ANSWER_QUALIFIERS = (
     r"约|大约|大概|仅|仅有|只有|年仅|共|共计|总共|超过|逾|近|将近|接近|至少|最少|最多|不到|不足|"
     r"多达|高达|长达|约有"
 )
+# What a short answer keeps from right after it in its passage (rag.answer_suffixes): a gloss
+# in brackets (an original name, a Gregorian year, a conversion), or the part of a place.
+ANSWER_SUFFIXES = r"[（(][^（）()\n]{1,40}[）)]|[东西南北中]{1,2}部|一带|附近|境内|以[东西南北]"
 SHORT_ANSWER_ZH = (
     r"多少|几(?!乎)|多[大长高远重久宽深厚]|什么时候|何时|哪一?年|哪天|谁|哪里|哪儿|什么地方|"
     r"哪[个位家国座所支部队省市县条种]|什么职务|什么性"
@@ -156,6 +159,13 @@ class RagSettings(Section):
         description="Regex matched in the passage right before a short answer that starts "
         'with a number: what it matches is put in front ("22平方公里" -> "约22平方公里", '
         '"两岁" -> "年仅两岁"): the source called the figure approximate or a bound. Empty: never.',
+    )
+    answer_suffixes: str = Field(
+        ANSWER_SUFFIXES,
+        description="Regex matched in the passage right after a short answer (after its unit): "
+        'what it matches is appended: a gloss in brackets ("天正3年" -> "天正3年（1575年）", '
+        '"巴里·尼尔逊" -> "巴里·尼尔逊（Barry Nelson）") or the part of a place ("湖南省长沙县" '
+        '-> "湖南省长沙县东北部"). Empty: never.',
     )
     passage_zh: str = Field(
         PASSAGE_ZH,

@@ -143,6 +143,7 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
             unit_pattern=settings.answer_units,
             min_relevance=settings.answer_min_relevance,
             qualifier_pattern=settings.answer_qualifiers,
+            suffix_pattern=settings.answer_suffixes,
         )
         assert expected is not None
         assert answer["answer"] == expected, (question, said)
@@ -161,6 +162,7 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
         unit_pattern=settings.answer_units,
         min_relevance=settings.answer_min_relevance,
         qualifier_pattern=settings.answer_qualifiers,
+        suffix_pattern=settings.answer_suffixes,
     )
     assert short["answer"].startswith(said.strip().rstrip("."))
 

@@ -480,6 +480,39 @@ def test_a_number_answer_keeps_the_passages_qualifier() -> None:
     assert said == "约22平方公里"
 
 
+def test_a_short_answer_keeps_its_gloss_or_place_part_from_the_passage() -> None:
+    from app.rag.quote import finish, with_suffix
+
+    suffixes = load_settings().rag.answer_suffixes
+    passage = (
+        "渡川之战发生于天正3年（1575年）。主角是巴里·尼尔逊（Barry Nelson）。"
+        "路口镇位于湖南省长沙县东北部。"
+    )
+    assert with_suffix("天正3年", [passage], suffixes) == "天正3年（1575年）"
+    assert with_suffix("巴里·尼尔逊。", [passage], suffixes) == "巴里·尼尔逊（Barry Nelson）"
+    assert with_suffix("湖南省长沙县", [passage], suffixes) == "湖南省长沙县东北部"
+    assert with_suffix("天正3年", [passage], "") == "天正3年"  # empty: never
+    # followed by nothing of the kind, not in the passage, or a longer number's tail: unchanged
+    assert with_suffix("渡川之战", [passage], suffixes) == "渡川之战"
+    assert with_suffix("湖北省", [passage], suffixes) == "湖北省"
+    assert with_suffix("3年", ["共13年（注）"], suffixes) == "3年"
+    kwargs = {"min_overlap": 0.5, "unit_pattern": ""}
+    said = finish(
+        "天正3年",
+        "渡川之战发生于什么时候？",
+        [passage],
+        short=True,
+        suffix_pattern=suffixes,
+        **kwargs,
+    )
+    assert said == "天正3年（1575年）"
+    # a sentence answer is quoted, never suffixed
+    said = finish(
+        "湖南省长沙县", "路口镇在哪？", [passage], short=False, suffix_pattern=suffixes, **kwargs
+    )
+    assert said != "湖南省长沙县东北部"
+
+
 def test_an_echoed_subject_becomes_the_sentence_that_answers() -> None:
     from app.rag.quote import echoes, finish
 
