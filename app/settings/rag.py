@@ -57,7 +57,10 @@ ANSWER_QUALIFIERS = (
 )
 # What a short answer keeps from right after it in its passage (rag.answer_suffixes): a gloss
 # in brackets (an original name, a Gregorian year, a conversion), or the part of a place.
-ANSWER_SUFFIXES = r"[（(][^（）()\n]{1,40}[）)]|[东西南北中]{1,2}部|一带|附近|境内|以[东西南北]"
+ANSWER_SUFFIXES = (
+    r"[（(](?=[^（）()\n]*[^\W_])[^（）()\n]{1,40}[）)]|"  # a gloss with a word or number in it
+    r"[东西南北中]{1,2}部|一带|附近|境内|以[东西南北]"
+)
 SHORT_ANSWER_ZH = (
     r"多少|几(?!乎)|多[大长高远重久宽深厚]|什么时候|何时|哪一?年|哪天|谁|哪里|哪儿|什么地方|"
     r"哪[个位家国座所支部队省市县条种]|什么职务|什么性"

@@ -496,6 +496,8 @@ def test_a_short_answer_keeps_its_gloss_or_place_part_from_the_passage() -> None
     assert with_suffix("渡川之战", [passage], suffixes) == "渡川之战"
     assert with_suffix("湖北省", [passage], suffixes) == "湖北省"
     assert with_suffix("3年", ["共13年（注）"], suffixes) == "3年"
+    # brackets with nothing in them but punctuation (a name the source lost) are no gloss
+    assert with_suffix("金氏", ["王后金氏（，），显宗的王妃"], suffixes) == "金氏"
     kwargs = {"min_overlap": 0.5, "unit_pattern": ""}
     said = finish(
         "天正3年",
