@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from langchain_core.documents import Document
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,6 +39,7 @@ from app.main import create_app  # noqa: E402
 from app.rag.chain import Prompts, question_language  # noqa: E402
 from app.rag.quote import finish  # noqa: E402
 from app.services.factory import build_services  # noqa: E402
+from app.services.rag import extractive_answer  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 from app.settings.eval import REFUSAL_PATTERNS  # noqa: E402
 from eval.metrics import is_refusal, score_answer  # noqa: E402
@@ -176,9 +178,11 @@ def finish_rows(args: argparse.Namespace, on: list[dict], off: list[dict]) -> di
                         unit_pattern=settings.answer_units,
                         qualifier_pattern=settings.answer_qualifiers,
                         suffix_pattern=settings.answer_suffixes,
+                        file_names=row["sources"],
                         min_relevance=settings.answer_min_relevance,
                     )
-                    or row["answer"]
+                    # None: what /ask sends instead, the first passage's best sentence
+                    or extractive_answer(row["question"], [Document(row["passages"][0])])
                 )
             done[(row["kind"], row["id"], row["repeat"])] = row
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")

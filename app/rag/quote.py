@@ -107,6 +107,13 @@ def echoes(answer: str, question: str) -> bool:
     return len(core) >= 2 and _PUNCT.sub("", question).lower().startswith(core)
 
 
+def names_a_file(answer: str, file_names: Iterable[str]) -> bool:
+    """Whether the answer is only a passage's file name ("《TRIAL_90.txt》"; brackets,
+    punctuation and case aside): the model pointed at a source instead of answering."""
+    core = _PUNCT.sub("", answer).lower()
+    return bool(core) and any(core == _PUNCT.sub("", name).lower() for name in file_names)
+
+
 def adds_nothing(sentence: str, question: str) -> bool:
     """Whether every character and word of ``sentence`` is in the question ("降居顺成宫。" for
     "元皇后为什么被降居顺成宫？"): it restates what was asked and answers nothing."""
@@ -215,6 +222,7 @@ def finish(
     min_relevance: float = 0.0,
     qualifier_pattern: str = "",
     suffix_pattern: str = "",
+    file_names: Iterable[str] = (),
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
     name, date, number or place) keeps its words, a number gains its unit; any other answer
@@ -222,9 +230,12 @@ def finish(
     Then, if the model's answer or its quote only repeats the question's subject (a title
     line quoted for "X以什么为食？"), the sentence that answers replaces it; a sentence answer
     far less related to the question than the passages' best sentence gives way to it
-    (``checked``). None: the answer has no words and names no list item of the passages (the
-    caller falls back to the passage itself)."""
+    (``checked``). None: the answer has no words and names no list item of the passages, or
+    it is only a passage's file name (``file_names``); the caller falls back to the passage
+    itself."""
     passages = list(passages)
+    if names_a_file(answer, file_names):
+        return None
     quoted = None
     if short:
         result = with_unit(answer, passages, unit_pattern)

@@ -457,9 +457,10 @@ class RagService:
                 unit_pattern=self.settings.answer_units,
                 qualifier_pattern=self.settings.answer_qualifiers,
                 suffix_pattern=self.settings.answer_suffixes,
+                file_names=[str(d.metadata.get("filename") or "") for d in docs],
                 min_relevance=self.settings.answer_min_relevance,
             )
-            # None: a list number that names no item of the passages
+            # None: a list number that names no item of the passages, or only a file name
             yield RagEvent("token", text=final or extractive_answer(question, docs))
         if not gate.answered and answer.grounded:
             # the model said nothing but markers: the passage's own best sentence instead

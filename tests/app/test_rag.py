@@ -144,6 +144,7 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
             min_relevance=settings.answer_min_relevance,
             qualifier_pattern=settings.answer_qualifiers,
             suffix_pattern=settings.answer_suffixes,
+            file_names=[s["filename"] for s in answer["sources"]],
         )
         assert expected is not None
         assert answer["answer"] == expected, (question, said)
@@ -163,6 +164,7 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
         min_relevance=settings.answer_min_relevance,
         qualifier_pattern=settings.answer_qualifiers,
         suffix_pattern=settings.answer_suffixes,
+        file_names=[s["filename"] for s in short["sources"]],
     )
     assert short["answer"].startswith(said.strip().rstrip("."))
 

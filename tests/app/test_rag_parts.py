@@ -425,6 +425,30 @@ def test_a_sentence_restating_the_question_never_replaces_an_answer() -> None:
     assert checked(reason, question, [passage], 0.2) == reason
 
 
+def test_an_answer_that_only_names_a_source_file_is_no_answer() -> None:
+    """The prompt titles each passage with its file name; "《TRIAL_90.txt》" points at a source
+    and answers nothing: finish gives None, and /ask sends the passage's best sentence."""
+    from app.rag.quote import finish, names_a_file
+
+    files = ["TRIAL_90.txt", "等保2.0.md"]
+    assert names_a_file("《TRIAL_90.txt》", files) and names_a_file("等保2.0.md。", files)
+    assert not names_a_file("等保2.0", files) and not names_a_file("《TRIAL_90.txt》", [])
+    kwargs = {"min_overlap": 0.5, "unit_pattern": ""}
+    passage = "《Real world》为日本音乐团体EXILE的第15张单曲。"
+    for short in (True, False):
+        said = finish("《TRIAL_90.txt》", "收录在哪张专辑？", [passage], short=short, **kwargs)
+        assert said == "《TRIAL_90.txt》"  # no file names given: as before
+        said = finish(
+            "《TRIAL_90.txt》",
+            "收录在哪张专辑？",
+            [passage],
+            short=short,
+            file_names=files,
+            **kwargs,
+        )
+        assert said is None
+
+
 def test_a_list_number_is_not_a_sentence_answer() -> None:
     from app.rag.quote import has_words
 
