@@ -121,6 +121,25 @@ def test_packaged_model_converts_once(models_dir: Path) -> None:
     assert list(first.path.glob("*.safetensors"))
 
 
+def test_a_conversion_parses_each_gguf_once(tmp_path: Path) -> None:
+    """transformers reads a GGUF's metadata for the tokenizer, the config and the weights;
+    inside a conversion they share one parse (~17 s each on the Qwen 0.5B), which ends with
+    it, and the parse gives what a fresh one does (bench/convert.py: same tensors)."""
+    import gguf
+
+    from app.llm.models import PACKAGED, _one_gguf_parse, packaged_gguf
+
+    original = gguf.GGUFReader
+    path = packaged_gguf(PACKAGED["smollm2-135m-instruct"], tmp_path)
+    with _one_gguf_parse():
+        first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is again and isinstance(first, original)
+        assert gguf.GGUFReader(path, "r") is not first  # other arguments: a parse of their own
+    assert gguf.GGUFReader is original
+    fresh = gguf.GGUFReader(path)
+    assert [t.name for t in fresh.tensors] == [t.name for t in first.tensors]
+
+
 def _compose_settings(environment: dict[str, Any]) -> Any:
     """The settings a compose service's KBQA_ environment gives (defaults of ${VAR:-x})."""
     env = {k: str(v) for k, v in environment.items()}
