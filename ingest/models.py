@@ -28,6 +28,8 @@ class Chunk:
     end: int
     page: int | None = None
     heading_path: list[str] = field(default_factory=list)
+    # table rows it ends with, one per line, when all of its lines but its headings are rows
+    rows: int = 0
 
 
 @dataclass

@@ -70,6 +70,15 @@ class IngestPipeline:
         self.job_added = threading.Event()  # set by an upload: wakes a waiting worker
         self.parser = Parser(settings, self.stopping)  # load + split, under parse_timeout_s
 
+    def indexed(self, chunk: Chunk) -> str:
+        """What search sees of a chunk (embedded and keyword-indexed): its heading path
+        above its text (``ingest.index_headings``), so that a question naming the section
+        ("安全计算环境的访问控制") finds the chunks under those headings, which their text
+        alone does not name; the stored text is the chunk's own."""
+        if not self.settings.index_headings or not chunk.heading_path:
+            return chunk.text
+        return " > ".join(chunk.heading_path) + "\n" + chunk.text
+
     def notify(self) -> None:
         """A job was queued: wake a waiting worker now instead of at its next poll."""
         self.job_added.set()
@@ -168,6 +177,7 @@ class IngestPipeline:
                 "filename": doc.filename,
                 "page": c.page,
                 "heading_path": c.heading_path,
+                "rows": c.rows,
                 "chunk_index": c.index,
                 "chunk_id": cid,
                 "start": c.start,
@@ -189,7 +199,7 @@ class IngestPipeline:
             part = [(p, i) for p, i in work[start : start + batch] if not p.failed]
             if not part:
                 continue
-            vectors = self.embeddings.embed_documents([p.chunks[i].text for p, i in part])
+            vectors = self.embeddings.embed_documents([self.indexed(p.chunks[i]) for p, i in part])
             by_job: dict[str, list[int]] = {}
             for n, (p, _) in enumerate(part):
                 by_job.setdefault(p.job.id, []).append(n)
@@ -216,7 +226,7 @@ class IngestPipeline:
     def _commit(self, p: _Prepared) -> None:
         job, doc = p.job, p.doc
         rows = [
-            (cid, c.index, c.text, meta, " ".join(self.keyword.tokenizer.tokens(c.text)))
+            (cid, c.index, c.text, meta, " ".join(self.keyword.tokenizer.tokens(self.indexed(c))))
             for c, cid, meta in zip(p.chunks, p.ids, p.metas, strict=True)
         ]
         replaces = [

@@ -44,6 +44,7 @@ class _Unit:
     page: int | None
     hard: bool = False  # an atomic unit (table row): never merged across a cut
     heading: bool = False
+    row: bool = False  # a table row
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -146,7 +147,7 @@ class Splitter:
                 close()
                 current_path = [t for _, t, _ in path]
             if seg.table_row:
-                current.append(_Unit(offset, offset + len(seg.text), seg.page, hard=True))
+                current.append(_Unit(offset, offset + len(seg.text), seg.page, hard=True, row=True))
             else:
                 for s, e in split_sentences(seg.text):
                     current.append(_Unit(offset + s, offset + e, seg.page))
@@ -157,6 +158,7 @@ class Splitter:
         chunks: list[Chunk] = []
         for heading_path, units in sections:
             for start, end, page in self._pack(units):
+                body = [u for u in units if start <= u.start and u.end <= end and not u.heading]
                 chunks.append(
                     Chunk(
                         text=text[start:end],
@@ -165,6 +167,7 @@ class Splitter:
                         end=end,
                         page=page,
                         heading_path=list(heading_path),
+                        rows=len(body) if body and all(u.row for u in body) else 0,
                     )
                 )
         return text, chunks

@@ -67,18 +67,24 @@ class Prompts:
     passage: str
     refusal: str
     short: bool = False  # the short-answer prompt (a name, date, number or place is asked)
+    listing: bool = False  # a list is asked for (a table row answers with its section's rows)
 
     @classmethod
     def of(cls, settings: RagSettings, language: Language, question: str = "") -> Prompts:
         """The texts of ``language``; the short-answer prompt when the question matches
-        ``rag.short_answer_<language>``."""
-        pattern = settings.short_answer_zh if language == "zh" else settings.short_answer_en
-        short = bool(pattern and question and re.search(pattern, question))
-        if language == "zh":
+        ``rag.short_answer_<language>`` (and is no list question: it matches
+        ``rag.list_answer_<language>``)."""
+        zh = language == "zh"
+        listed = settings.list_answer_zh if zh else settings.list_answer_en
+        listing = bool(listed and question and re.search(listed, question))
+        pattern = settings.short_answer_zh if zh else settings.short_answer_en
+        # "包括哪几项" asks for the items, not for a number
+        short = not listing and bool(pattern and question and re.search(pattern, question))
+        if zh:
             prompt = settings.prompt_zh_short if short else settings.prompt_zh
-            return cls("zh", prompt, settings.passage_zh, settings.refusal_zh, short)
+            return cls("zh", prompt, settings.passage_zh, settings.refusal_zh, short, listing)
         prompt = settings.prompt_en_short if short else settings.prompt_en
-        return cls("en", prompt, settings.passage_en, settings.refusal_en, short)
+        return cls("en", prompt, settings.passage_en, settings.refusal_en, short, listing)
 
     def document_prompt(self) -> PromptTemplate:
         return PromptTemplate.from_template(self.passage.replace("{text}", "{page_content}"))

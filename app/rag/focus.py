@@ -20,6 +20,8 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[A-Za-z0-9]+")
 _STOP = frozenset("的了是在和与及或吗呢什么哪些哪个多少怎么如何为何为什么谁几请问")
 GAP = " … "
+# a "sentence" that is only a bracketed aside: a table row's marks after its full stop
+_ASIDE = re.compile(r"^\s*[（(][^（）()]*[）)]\s*$")
 
 
 def _features(text: str) -> set[str]:
@@ -73,8 +75,15 @@ def _best(sentences: list[str], question: str) -> int:
 
 
 def best_sentence(text: str, question: str) -> str:
-    """The sentence of ``text`` that shares most with the question."""
-    sentences = sentences_of(text) or [text]
+    """The sentence of ``text`` that shares most with the question; a sentence never spans
+    two lines (a heading and the text under it are not one sentence), and neither a Markdown
+    heading, a line whose words are all in the question (a heading naming what is asked
+    about) nor a bracketed aside alone ("（适用等级：三级）") answers it."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    sentences = [s for line in lines or text.splitlines() for s in sentences_of(line)]
+    asked = _features(question)
+    answers = [s for s in sentences if not _features(s) <= asked and not _ASIDE.match(s)]
+    sentences = answers or sentences or [text]
     return sentences[_best(sentences, question)]
 
 

@@ -114,6 +114,18 @@ def names_a_file(answer: str, file_names: Iterable[str]) -> bool:
     return bool(core) and any(core == _PUNCT.sub("", name).lower() for name in file_names)
 
 
+def restates(answer: str, question: str) -> bool:
+    """Whether the answer is the question said again: nothing in it that the question lacks,
+    and at least half of the question's words ("第三级系统的访问控制有哪些要求？" for itself; not
+    "A" picked from "A还是B？")."""
+    words = units(answer)
+    return (
+        bool(words)
+        and adds_nothing(answer, question)
+        and 2 * sum(words.values()) >= sum(units(question).values())
+    )
+
+
 def adds_nothing(sentence: str, question: str) -> bool:
     """Whether every character and word of ``sentence`` is in the question ("降居顺成宫。" for
     "元皇后为什么被降居顺成宫？"): it restates what was asked and answers nothing."""
@@ -197,6 +209,41 @@ def focused_sentence(question: str, passages: Iterable[str], leave_out: str) -> 
     return best
 
 
+# the marks a requirement table's row ends with, as ingest writes them: "（适用等级：三级、四级）"
+_MARKS = re.compile(r"[（(]([^（）()：:\n]+)[：:]([^（）()\n]+)[）)]\s*$")
+
+
+def row_marks(row: str) -> set[str]:
+    """The names of a row's marks ("（适用等级：三级、四级）" -> {"三级", "四级"}), or none."""
+    found = _MARKS.search(row)
+    if not found:
+        return set()
+    return {n.strip() for n in re.split(r"[、,，;；]", found.group(2)) if n.strip()}
+
+
+def _requirement(row: str) -> str:
+    """A row without its marks and final stop: what an answer quoting it holds."""
+    found = _MARKS.search(row)
+    return (row[: found.start()] if found else row).strip().rstrip("。.；;")
+
+
+def listed(answer: str, question: str, sections: Iterable[list[str]]) -> str:
+    """The answer to a list question: when ``answer`` is (in, or holds) one of the rows of a
+    table section (``sections``: each a section's rows in the document's order), every row of that
+    section, one per line; when the question names some of the rows' marks ("第三级" names
+    "三级"), only the rows marked with one of them. The answer unchanged otherwise."""
+    core = answer.strip().rstrip("。.；;")
+    if not core:
+        return answer
+    for rows in sections:
+        if len(rows) < 2 or not any(core in row or _requirement(row) in core for row in rows):
+            continue
+        named = {n for row in rows for n in row_marks(row) if n in question}
+        kept = [row for row in rows if row_marks(row) & named] if named else rows
+        return "\n".join(kept or rows)
+    return answer
+
+
 def checked(answer: str, question: str, passages: Iterable[str], min_relevance: float) -> str:
     """A quoted sentence that shares less than ``min_relevance`` of what the passages' best
     sentence shares with the question (``DistinctiveRelevance``: the question's rarer terms
@@ -230,9 +277,9 @@ def finish(
     Then, if the model's answer or its quote only repeats the question's subject (a title
     line quoted for "X以什么为食？"), the sentence that answers replaces it; a sentence answer
     far less related to the question than the passages' best sentence gives way to it
-    (``checked``). None: the answer has no words and names no list item of the passages, or
-    it is only a passage's file name (``file_names``); the caller falls back to the passage
-    itself."""
+    (``checked``). None: the answer has no words and names no list item of the passages, it
+    is only a passage's file name (``file_names``), or it only says the question again
+    (``restates``); the caller falls back to the passage itself."""
     passages = list(passages)
     if names_a_file(answer, file_names):
         return None
@@ -251,6 +298,8 @@ def finish(
             found = focused_sentence(question, passages, said.strip().strip("《》“”\"'「」。.# "))
             if found:
                 return found
+    if restates(result, question):
+        return None
     if short or quoted is None:
         return result
     return checked(result, question, passages, min_relevance)

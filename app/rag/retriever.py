@@ -3,9 +3,9 @@
 Dense, keyword or hybrid search over one or more knowledge bases (each searched with
 ``app.rag.search``, merged by score), then optionally reranked by a cross-encoder, then the
 relevance gate: a passage is kept only when its dense similarity reaches ``min_dense_score``
-or its keyword score reaches ``min_keyword_score``, and it has at least ``min_coverage`` of
-the question's terms (a passage on a neighbouring topic scores high on both, yet lacks the
-name the question asks about). An empty result means "nothing in the
+or its keyword score reaches ``min_keyword_score``, and it has (with its heading path) at
+least ``min_coverage`` of the question's terms (a passage on a neighbouring topic scores high
+on both, yet lacks the name the question asks about). An empty result means "nothing in the
 knowledge bases answers this": the chain then refuses (or falls back) without the LLM.
 """
 
@@ -47,7 +47,10 @@ def relevant(
         # a retry's query is the earlier question(s) and this one, a line each: the passage
         # must cover one of them
         lines = [line for line in query.splitlines() if line.strip()] or [query]
-        if max(coverage(doc.page_content, line) for line in lines) < min_coverage:
+        # the headings above the passage count: search indexed them with it
+        path = " > ".join(p for p in doc.metadata.get("heading_path") or [] if p)
+        text = f"{path}\n{doc.page_content}" if path else doc.page_content
+        if max(coverage(text, line) for line in lines) < min_coverage:
             return False
     if min_dense_score <= 0 and min_keyword_score <= 0:
         return True

@@ -8,6 +8,7 @@ whole answers are identical by construction.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
 from app.rag.passage import Passage
-from app.rag.quote import finish
+from app.rag.quote import finish, listed
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.rag.search import KnowledgeBaseSearch
 from app.settings.base import SearchMode
@@ -461,10 +462,37 @@ class RagService:
                 min_relevance=self.settings.answer_min_relevance,
             )
             # None: a list number that names no item of the passages, or only a file name
-            yield RagEvent("token", text=final or extractive_answer(question, docs))
+            final = final or extractive_answer(question, docs)
+            if prompts.listing and any(d.metadata.get("rows") for d in docs):
+                sections = await asyncio.to_thread(self.table_sections, docs)
+                final = listed(final, question, sections)
+            yield RagEvent("token", text=final)
         if not gate.answered and answer.grounded:
             # the model said nothing but markers: the passage's own best sentence instead
             yield RagEvent("token", text=extractive_answer(question, docs))
+
+    def table_sections(self, docs: list[Document]) -> list[list[str]]:
+        """The rows of the table section of each passage made of table rows (``rows`` in its
+        metadata): the rows of its document's chunks under the same headings, in the
+        document's order (a section longer than a chunk spans several; their overlap is
+        read once)."""
+        sections: list[list[str]] = []
+        seen: set[tuple[str, str, tuple[str, ...]]] = set()
+        for doc in docs:
+            meta = doc.metadata
+            kb, doc_id = meta.get("kb"), meta.get("doc_id")
+            path = tuple(meta.get("heading_path") or [])
+            if not meta.get("rows") or not kb or not doc_id or (kb, doc_id, path) in seen:
+                continue
+            seen.add((kb, doc_id, path))
+            rows: list[str] = []
+            for _, text, chunk in self.kb.catalog.chunks_of(kb, doc_id):
+                count = int(chunk.get("rows") or 0)
+                if count and tuple(chunk.get("heading_path") or []) == path:
+                    lines = [line.strip() for line in text.splitlines() if line.strip()]
+                    rows += [row for row in lines[-count:] if row not in rows]
+            sections.append(rows)
+        return sections
 
     async def _passages(
         self,

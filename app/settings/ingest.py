@@ -118,6 +118,13 @@ class IngestSettings(Section):
     chunk_overlap: int = Field(
         80, ge=0, description="Characters of the previous chunk repeated at the start of the next."
     )
+    index_headings: bool = Field(
+        True,
+        description="Each chunk is embedded and keyword-indexed with its heading path above "
+        "its text (the stored text stays the chunk's own), so that a question naming a "
+        'section ("安全计算环境的访问控制") finds the chunks under those headings, which '
+        "their text alone does not name. Applies to documents ingested after the change.",
+    )
     max_file_bytes: int = Field(
         50 * 1024 * 1024, ge=1, description="Largest accepted upload (bytes); larger: 413."
     )

@@ -69,6 +69,10 @@ SHORT_ANSWER_EN = (
     r"(?i)^\s*(who|whom|when|where|which|what year|"
     r"how (many|much|long|old|tall|high|far|big|large))\b"
 )
+# Questions that ask for a list ("有哪些要求"): the answer is every row of the table section
+# the model's answer comes from (rag.list_answer_zh / _en).
+LIST_ANSWER_ZH = r"哪些|哪几(?:条|项|种|个方面)|列出|列举|包括什么|包含什么|有什么要求"
+LIST_ANSWER_EN = r"(?i)^\s*(?:what|which)\s+(?:are|were)\b|\blist\b"
 PROMPT_ZH_CITE = (
     "请只根据下面编号的资料回答问题。回答时用 [1]、[2] 这样的编号标明依据的资料。"
     "如果资料中没有答案，就回答“根据已有资料无法回答该问题”，不要编造。\n\n"
@@ -120,6 +124,18 @@ class RagSettings(Section):
     short_answer_en: str = Field(
         SHORT_ANSWER_EN,
         description="Regular expression for other questions (`prompt_en_short`); empty: never.",
+    )
+    list_answer_zh: str = Field(
+        LIST_ANSWER_ZH,
+        description="Regular expression: a Chinese question it matches (searched anywhere) asks "
+        'for a list (and gets no short answer: "包括哪几项" wants the items). When its answer '
+        "is a row of a table section (a requirement table's control point), the answer is all "
+        "of that section's rows, in the document's order; only those whose marks "
+        '("（适用等级：三级、四级）") name what the question names ("第三级"), when it names '
+        "one. Empty: never.",
+    )
+    list_answer_en: str = Field(
+        LIST_ANSWER_EN, description="The same for questions in other languages."
     )
     quote_answers: bool = Field(
         True,
@@ -295,7 +311,8 @@ class RagSettings(Section):
         for name in ("passage_zh", "passage_en"):
             if "{text}" not in getattr(self, name):
                 raise ValueError(f"rag.{name} must contain {{text}}")
-        for name in ("short_answer_zh", "short_answer_en", "answer_units"):
+        patterns = ("short_answer_zh", "short_answer_en", "list_answer_zh", "list_answer_en")
+        for name in (*patterns, "answer_units", "answer_qualifiers", "answer_suffixes"):
             try:
                 re.compile(getattr(self, name))
             except re.error as exc:

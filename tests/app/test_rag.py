@@ -244,7 +244,8 @@ def test_request_knobs_on_the_openai_route(client: httpx.Client) -> None:
     assert keyword["sources"][0]["filename"] == dense["sources"][0]["filename"] == "eiffel.md"
     assert keyword["sources"][0]["dense_score"] is None  # keyword search alone: no vectors
     assert dense["sources"][0]["keyword_score"] is None
-    strict = chat(EN_Q, knowledge_base="en", score_threshold=0.9999)
+    # (keyword scores stay below 1; a hybrid hit first in both lists scores exactly 1.0)
+    strict = chat(EN_Q, knowledge_base="en", search_mode="keyword", score_threshold=0.9999)
     assert strict["refused"] is True and strict["sources"] == []
     quiet = chat(EN_Q, knowledge_base="en", return_sources=False)
     assert not quiet.get("sources") and quiet["refused"] is False
@@ -346,3 +347,45 @@ def test_openai_sdk_and_langchain_clients(server: Any) -> None:
         extra_body={"knowledge_base": "en", "top_k": 2},
     )
     assert chat.invoke(EN_Q).content == reply.choices[0].message.content
+
+
+ACCESS_TABLE = """\
+# 等级保护
+
+<table>
+  <tr><th>类别</th><th>环境</th><th>控制点</th><th>要求</th><th>二级</th><th>三级</th><th>四级</th></tr>
+  <tr>
+    <td rowspan="4"><h3>安全通用要求</h3></td><td rowspan="4"><h4>安全计算环境</h4></td>
+    <td rowspan="4"><h5>访问控制</h5></td>
+    <td>应对登录的用户分配账户和权限。</td><td>√</td><td>√</td><td>√</td>
+  </tr>
+  <tr><td>应重命名或删除默认账户，修改默认账户的默认口令。</td><td>√</td><td>√</td><td>√</td></tr>
+  <tr><td>应由授权主体配置访问控制策略。</td><td></td><td>√</td><td>√</td></tr>
+  <tr><td>应对主体、客体设置安全标记。</td><td></td><td></td><td>√</td></tr>
+</table>
+"""
+
+
+def test_a_list_question_gets_every_row_of_its_table_section(
+    shared_server: Any, wait_job: Callable[..., dict]
+) -> None:
+    """A requirement table's section read whole and answered whole: the packaged Qwen 0.5B
+    on llama.cpp copies one row, the answer is the section's rows for the level asked."""
+    live = shared_server("qwen-llamacpp")
+    with _client(live) as client:
+        _ingest(client, "table", {"access.md": ACCESS_TABLE}, wait_job)
+        question = "第三级系统的访问控制有哪些要求？"
+        answer = _ask(client, "table", question, max_tokens=48)
+        rows = [
+            "应对登录的用户分配账户和权限。（适用等级：二级、三级、四级）",
+            "应重命名或删除默认账户，修改默认账户的默认口令。（适用等级：二级、三级、四级）",
+            "应由授权主体配置访问控制策略。（适用等级：三级、四级）",
+        ]
+        assert answer["answer"].splitlines() == rows
+        # the section is longer than one chunk (120 characters here): its rows come from the
+        # document's chunks under the same headings, not only from the passages sent
+        assert answer["sources"][0]["heading_path"][-1] == "访问控制"
+        assert not any(all(row in s["text"] for row in rows) for s in answer["sources"])
+        # the same table section, a question for one sentence: no list
+        one = _ask(client, "table", "用户的账户和权限应该怎样分配？", max_tokens=48)
+        assert "\n" not in one["answer"].strip()

@@ -302,6 +302,11 @@ def test_marker_only_answers_become_the_passages_best_sentence() -> None:
     assert extractive_answer("防护理念是什么", [doc]) == (
         "等级保护2.0采用的防护理念是一个中心、三重防护。 [1]"
     )
+    # headings above it are neither part of the sentence nor one, a row's marks alone neither
+    doc = Document("# 等级保护\n##### 访问控制\n应对登录的用户分配账户和权限。（适用等级：三级）")
+    assert extractive_answer("第三级系统的访问控制有哪些要求？", [doc]) == (
+        "应对登录的用户分配账户和权限。 [1]"
+    )
 
 
 def test_short_answer_questions_get_the_short_prompt() -> None:
@@ -318,6 +323,45 @@ def test_short_answer_questions_get_the_short_prompt() -> None:
     assert not Prompts.of(never, "zh", "长城有多少年历史？").short
     with pytest.raises(ValueError, match="short_answer_en"):
         load_settings(**{"rag.short_answer_en": "(unclosed"})
+
+
+def test_list_questions_are_told_apart() -> None:
+    rag = load_settings().rag
+    asked = ("第三级系统的访问控制有哪些要求？", "身份鉴别包括哪几项要求？", "请列出入侵防范的要求")
+    for question in asked:
+        prompts = Prompts.of(rag, "zh", question)
+        assert prompts.listing and not prompts.short, question
+    for question in ("等级保护2.0采用的防护理念是什么？", "哪一年发布的？", "有多少个等级？"):
+        assert not Prompts.of(rag, "zh", question).listing, question
+    assert Prompts.of(rag, "en", "What are the access control requirements?").listing
+    assert not Prompts.of(rag, "en", "What is the protection concept?").listing
+    never = load_settings(**{"rag.list_answer_zh": ""}).rag
+    assert not Prompts.of(never, "zh", "有哪些要求？").listing
+    with pytest.raises(ValueError, match="list_answer_zh"):
+        load_settings(**{"rag.list_answer_zh": "(unclosed"})
+
+
+ROWS = [
+    "应对登录的用户分配账户和权限。（适用等级：一级、二级、三级、四级）",
+    "应重命名或删除默认账户。（适用等级：一级、二级、三级、四级）",
+    "应由授权主体配置访问控制策略。（适用等级：三级、四级）",
+    "应对主体、客体设置安全标记。（适用等级：四级）",
+]
+
+
+def test_a_row_answer_to_a_list_question_becomes_its_section() -> None:
+    from app.rag.quote import listed, row_marks
+
+    assert row_marks(ROWS[3]) == {"四级"} and row_marks("应对登录的用户分配账户和权限。") == set()
+    answer = "应由授权主体配置访问控制策略。"
+    # the question names a level: the rows marked with it
+    assert listed(answer, "第三级系统的访问控制有哪些要求？", [ROWS]) == "\n".join(ROWS[:3])
+    # no level named: every row, in the document's order
+    other = ["应关闭不需要的端口。（适用等级：三级）", "应启用审计。（适用等级：三级）"]
+    assert listed(answer, "访问控制有哪些要求？", [other, ROWS]) == "\n".join(ROWS)
+    # an answer from none of the sections, or a section of one row: unchanged
+    assert listed("应关闭高危端口。", "访问控制有哪些要求？", [other, ROWS]) == "应关闭高危端口。"
+    assert listed(answer, "有哪些要求？", [ROWS[2:3]]) == answer
 
 
 def test_quote_replaces_a_paraphrase_with_the_source_sentence() -> None:
@@ -447,6 +491,23 @@ def test_an_answer_that_only_names_a_source_file_is_no_answer() -> None:
             **kwargs,
         )
         assert said is None
+
+
+def test_an_answer_that_says_the_question_again_is_no_answer() -> None:
+    from app.rag.quote import finish, restates
+
+    question = "第三级系统的访问控制有哪些要求？"
+    assert restates(question, question) and restates("访问控制有哪些要求", question)
+    assert not restates("访问控制", question)  # a pick, not the question again
+    assert not restates("应对登录的用户分配账户和权限。", question)
+    kwargs = {"min_overlap": 0.5, "unit_pattern": ""}
+    passage = "应对登录的用户分配账户和权限。（适用等级：三级）"
+    for short in (True, False):
+        assert finish(question, question, [passage], short=short, **kwargs) is None
+    # an echoed subject still becomes the sentence that answers it
+    fish = "蓝线裸顶鲷栖息在岩礁附近，以甲壳类和小鱼为食。"
+    said = finish("蓝线裸顶鲷", "蓝线裸顶鲷以什么为食？", [fish], short=True, **kwargs)
+    assert said == fish
 
 
 def test_a_list_number_is_not_a_sentence_answer() -> None:

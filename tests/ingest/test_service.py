@@ -59,6 +59,44 @@ def test_ingest_and_search_modes(service: KnowledgeBaseService) -> None:
     assert (kb.documents, kb.chunks) == (2, 2)
 
 
+SECTIONS = (
+    "# 安全计算环境\n## 身份鉴别\n应对用户进行身份鉴别。\n"
+    "## 访问控制\n应对登录的用户分配账户和权限。\n"
+    "# 安全区域边界\n## 身份鉴别\n应对网络设备进行鉴别。\n"
+    "## 访问控制\n应在网络边界根据策略设置规则。\n"
+)
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_headings_are_searched_with_their_chunks(
+    tmp_path: Path, embeddings: NamedEmbeddings, indexed: bool
+) -> None:
+    """``ingest.index_headings``: the chunk's heading path is embedded and keyword-indexed
+    above its text, so the section a question names is found although the chunk's text
+    ("## 访问控制 ...") does not name it; the stored text is the chunk's own."""
+    settings = make_settings(tmp_path / "data", index_headings=indexed)
+    service = KnowledgeBaseService.from_settings(settings, embeddings)
+    try:
+        service.create_kb("k")
+        _ingest(service, "k", "std.md", SECTIONS.encode())
+        search = KnowledgeBaseSearch(service)
+        modes: tuple[SearchMode, ...] = ("keyword", "dense", "hybrid")
+        for mode in modes:
+            found = []
+            for section, text in (("安全区域边界", "网络边界"), ("安全计算环境", "分配账户")):
+                hits = search.search("k", f"{section}的访问控制有哪些要求", 1, mode=mode)
+                found.append(text in hits[0].text)
+                assert hits[0].metadata["heading_path"][-1] in {"访问控制", "身份鉴别"}
+            if indexed:
+                assert all(found), mode
+            elif mode == "keyword":
+                assert not all(found)  # the section's name is in no text of its 访问控制
+        chunks = [h.text for h in service.list_chunks("k", service.list_documents("k")[0].doc_id)]
+        assert chunks[1] == "## 访问控制\n应对登录的用户分配账户和权限。"  # stored as it was
+    finally:
+        service.close()
+
+
 def test_duplicate_replace_delete(service: KnowledgeBaseService) -> None:
     service.create_kb("kb2")
     first = _ingest(service, "kb2", "notes.md", "# 说明\n旧版本：苹果是红色的。".encode())

@@ -108,3 +108,24 @@ def test_numbered_titles_rank_below_the_loaders_headings() -> None:
     _, chunks = Splitter(200, 20).split(segments)
     # "01. 安全物理环境" is a title under "## 概述", not a level-1 heading above it
     assert [c.heading_path for c in chunks] == [["概述", "01. 安全物理环境"], ["概述", "细则"]]
+
+
+def test_a_chunk_of_table_rows_counts_them() -> None:
+    """``Chunk.rows``: how many table rows a chunk ends with, when all of its lines but its
+    headings are rows (a requirement table's section: a list question's answer)."""
+    row = "应对登录的用户分配账户和权限。（适用等级：一级、二级、三级）"
+    segments = [
+        Segment("#### 安全计算环境", heading_level=4),
+        Segment("##### 访问控制", heading_level=5),
+        *[Segment(row.replace("账户", f"账户{i}"), table_row=True) for i in range(3)],
+        Segment("##### 安全审计", heading_level=5),
+        Segment(row, table_row=True),
+        Segment("审计记录应定期备份。"),  # prose under the same heading
+    ]
+    _, chunks = Splitter(500, 80).split(segments)
+    assert [(c.heading_path[-1], c.rows) for c in chunks] == [("访问控制", 3), ("安全审计", 0)]
+    lines = chunks[0].text.splitlines()
+    assert lines[:2] == ["#### 安全计算环境", "##### 访问控制"] and len(lines) == 5
+    # rows packed over several chunks: each chunk counts its own
+    _, small = Splitter(70, 0).split(segments[:5])
+    assert [c.rows for c in small] == [1, 2] and all("账户" in c.text for c in small)
