@@ -34,10 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.main import create_app  # noqa: E402
-from app.rag.quote import row_marks  # noqa: E402
 from app.services.factory import build_services  # noqa: E402
 from app.settings import load_settings  # noqa: E402
-from ingest.loaders import load  # noqa: E402
+from ingest.loaders import load, row_marks, row_requirement  # noqa: E402
 from ingest.splitter import Splitter  # noqa: E402
 from tests.conftest import run_server  # noqa: E402
 
@@ -68,11 +67,8 @@ def questions(path: Path, count: int, seed: int) -> list[dict[str, Any]]:
 
 
 def score(answer: str, item: dict[str, Any]) -> dict[str, float]:
-    def core(row: str) -> str:  # the requirement without its marks
-        return row.split("（")[0].rstrip("。") if row_marks(row) else row
-
-    held = [r for r in item["rows"] if core(r) in answer]
-    gold = [r for r in item["gold"] if core(r) in answer]
+    held = [r for r in item["rows"] if row_requirement(r) in answer]
+    gold = [r for r in item["gold"] if row_requirement(r) in answer]
     return {
         "recall": len(gold) / len(item["gold"]),
         "precision": len(gold) / len(held) if held else 0.0,

@@ -685,6 +685,27 @@ def _table_segments(table: Tag) -> list[Segment]:
     return segments
 
 
+# the marks ``_row_text`` puts after a one-sentence row: "（适用等级：三级、四级）",
+# "(applies to: 3, 4)"
+_ROW_MARKS = re.compile(r"(?:（([^（）：\n]+)：([^（）\n]+)）| \(([^()\n:]+): ([^()\n]+)\))\s*$")
+
+
+def row_marks(row: str) -> set[str]:
+    """The names of the marked columns a row read by ``_row_text`` ends with
+    ("…（适用等级：三级、四级）" -> {"三级", "四级"}); empty for a row without them."""
+    found = _ROW_MARKS.search(row)
+    if not found:
+        return set()
+    listed = found.group(2) if found.group(2) is not None else found.group(4)
+    return {name.strip() for name in re.split(r"[、,]", listed) if name.strip()}
+
+
+def row_requirement(row: str) -> str:
+    """The row without the marks ``_row_text`` put after it, nor its final full stop."""
+    found = _ROW_MARKS.search(row)
+    return (row[: found.start()] if found else row).strip().rstrip("。.；;")
+
+
 def _row_text(
     fields: list[tuple[str, str]], marked: list[str], label: str, cjk: bool, *, single: bool
 ) -> str:

@@ -32,6 +32,13 @@ class Chunk:
     rows: int = 0
 
 
+def with_headings(text: str, heading_path: list[str]) -> str:
+    """A chunk's text under its heading path ("a > b" on the line above): what search indexes
+    (``ingest.index_headings``) and what the relevance gate's coverage reads."""
+    path = " > ".join(p for p in heading_path if p)
+    return f"{path}\n{text}" if path else text
+
+
 @dataclass
 class SearchHit:
     """One search result. ``score`` is on one 0-1 scale, higher = more relevant.

@@ -24,7 +24,7 @@ from ingest.embeddings import NamedEmbeddings
 from ingest.errors import DocumentError, IngestError, InterruptedJob
 from ingest.files import FileStore
 from ingest.keyword import KeywordIndex
-from ingest.models import Chunk, Document, Job
+from ingest.models import Chunk, Document, Job, with_headings
 from ingest.parse import Parser
 from ingest.splitter import Splitter
 from ingest.store import VectorStore
@@ -75,9 +75,9 @@ class IngestPipeline:
         above its text (``ingest.index_headings``), so that a question naming the section
         ("安全计算环境的访问控制") finds the chunks under those headings, which their text
         alone does not name; the stored text is the chunk's own."""
-        if not self.settings.index_headings or not chunk.heading_path:
+        if not self.settings.index_headings:
             return chunk.text
-        return " > ".join(chunk.heading_path) + "\n" + chunk.text
+        return with_headings(chunk.text, chunk.heading_path)
 
     def notify(self) -> None:
         """A job was queued: wake a waiting worker now instead of at its next poll."""

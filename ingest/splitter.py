@@ -157,8 +157,10 @@ class Splitter:
 
         chunks: list[Chunk] = []
         for heading_path, units in sections:
+            tabled = any(u.row for u in units)
             for start, end, page in self._pack(units):
-                body = [u for u in units if start <= u.start and u.end <= end and not u.heading]
+                inside = [u for u in units if start <= u.start and u.end <= end] if tabled else []
+                body = [u for u in inside if not u.heading]
                 chunks.append(
                     Chunk(
                         text=text[start:end],

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from app.rag.focus import GAP, DistinctiveRelevance, relevance, sentences_of
+from ingest.loaders import row_marks, row_requirement
 
 _CJK = "\u3400-\u9fff\uf900-\ufaff"
 # one CJK character, or a run of other letters/digits (a word or a number)
@@ -209,22 +210,10 @@ def focused_sentence(question: str, passages: Iterable[str], leave_out: str) -> 
     return best
 
 
-# the marks a requirement table's row ends with, as ingest writes them: "（适用等级：三级、四级）"
-_MARKS = re.compile(r"[（(]([^（）()：:\n]+)[：:]([^（）()\n]+)[）)]\s*$")
-
-
-def row_marks(row: str) -> set[str]:
-    """The names of a row's marks ("（适用等级：三级、四级）" -> {"三级", "四级"}), or none."""
-    found = _MARKS.search(row)
-    if not found:
-        return set()
-    return {n.strip() for n in re.split(r"[、,，;；]", found.group(2)) if n.strip()}
-
-
-def _requirement(row: str) -> str:
-    """A row without its marks and final stop: what an answer quoting it holds."""
-    found = _MARKS.search(row)
-    return (row[: found.start()] if found else row).strip().rstrip("。.；;")
+def _quotes(answer: str, row: str) -> bool:
+    """Whether an answer is part of a row, or holds the row's requirement."""
+    requirement = row_requirement(row)
+    return answer in row or (bool(requirement) and requirement in answer)
 
 
 def listed(answer: str, question: str, sections: Iterable[list[str]]) -> str:
@@ -236,7 +225,7 @@ def listed(answer: str, question: str, sections: Iterable[list[str]]) -> str:
     if not core:
         return answer
     for rows in sections:
-        if len(rows) < 2 or not any(core in row or _requirement(row) in core for row in rows):
+        if len(rows) < 2 or not any(_quotes(core, row) for row in rows):
             continue
         named = {n for row in rows for n in row_marks(row) if n in question}
         kept = [row for row in rows if row_marks(row) & named] if named else rows

@@ -25,7 +25,7 @@ from app.rag.focus import coverage
 from app.rag.reranker import CrossEncoderReranker
 from app.rag.search import KnowledgeBaseSearch
 from app.settings.base import SearchMode
-from ingest.models import SearchHit
+from ingest.models import SearchHit, with_headings
 
 
 def hit_to_document(hit: SearchHit) -> Document:
@@ -48,8 +48,7 @@ def relevant(
         # must cover one of them
         lines = [line for line in query.splitlines() if line.strip()] or [query]
         # the headings above the passage count: search indexed them with it
-        path = " > ".join(p for p in doc.metadata.get("heading_path") or [] if p)
-        text = f"{path}\n{doc.page_content}" if path else doc.page_content
+        text = with_headings(doc.page_content, list(doc.metadata.get("heading_path") or []))
         if max(coverage(text, line) for line in lines) < min_coverage:
             return False
     if min_dense_score <= 0 and min_keyword_score <= 0:

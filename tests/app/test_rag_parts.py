@@ -350,9 +350,14 @@ ROWS = [
 
 
 def test_a_row_answer_to_a_list_question_becomes_its_section() -> None:
-    from app.rag.quote import listed, row_marks
+    from app.rag.quote import listed
+    from ingest.loaders import row_marks
 
     assert row_marks(ROWS[3]) == {"四级"} and row_marks("应对登录的用户分配账户和权限。") == set()
+    assert row_marks("Change default passwords. (applies to: level 3, level 4)") == {
+        "level 3",
+        "level 4",
+    }
     answer = "应由授权主体配置访问控制策略。"
     # the question names a level: the rows marked with it
     assert listed(answer, "第三级系统的访问控制有哪些要求？", [ROWS]) == "\n".join(ROWS[:3])
