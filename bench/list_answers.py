@@ -61,8 +61,8 @@ def questions(path: Path, count: int, seed: int) -> list[dict[str, Any]]:
             gold = [r for r in rows if level in row_marks(r)]
             if gold and len(rows) >= 2:
                 question = f"{category}中，第{level}系统的{section}的{point}有哪些要求？"
-                section = [category, section, point]
-                out.append({"question": question, "gold": gold, "rows": rows, "section": section})
+                path = [category, section, point]
+                out.append({"question": question, "gold": gold, "rows": rows, "section": path})
     return random.Random(seed).sample(out, min(count, len(out)))
 
 
