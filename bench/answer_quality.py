@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.main import create_app  # noqa: E402
 from app.rag.chain import Prompts, question_language  # noqa: E402
-from app.rag.quote import finish  # noqa: E402
+from app.rag.quote import finish_for  # noqa: E402
 from app.services.factory import build_services  # noqa: E402
 from app.services.rag import extractive_answer  # noqa: E402
 from app.settings import load_settings  # noqa: E402
@@ -153,7 +153,7 @@ def run_model(args: argparse.Namespace, on: list[dict], off: list[dict]) -> dict
 def finish_rows(args: argparse.Namespace, on: list[dict], off: list[dict]) -> dict[str, Any]:
     """``--finish-from TAG``: no question asked; the raw answers of a run made with
     ``--set rag.quote_answers=false`` (its rows keep the passages as sent) finished by the
-    service's own step (app.rag.quote.finish, the settings with this run's ``--set``), as
+    service's own step (app.rag.quote.finish_for, the settings with this run's ``--set``), as
     ``/ask`` would have sent them. Only the finishing can differ from a run through ``/ask``."""
     settings = load_settings(**dict(kv.split("=", 1) for kv in args.set)).rag
     model = args.model.replace("/", "_")
@@ -169,17 +169,14 @@ def finish_rows(args: argparse.Namespace, on: list[dict], off: list[dict]) -> di
                     settings, question_language(row["question"], settings.zh_ratio), row["question"]
                 )
                 row["answer"] = (
-                    finish(
+                    finish_for(
+                        settings,
                         row["answer"],
                         row["question"],
                         row["passages"],
                         short=prompts.short,
-                        min_overlap=settings.quote_min_overlap,
-                        unit_pattern=settings.answer_units,
-                        qualifier_pattern=settings.answer_qualifiers,
-                        suffix_pattern=settings.answer_suffixes,
+                        language=prompts.language,
                         file_names=row["sources"],
-                        min_relevance=settings.answer_min_relevance,
                     )
                     # None: what /ask sends instead, the first passage's best sentence
                     or extractive_answer(row["question"], [Document(row["passages"][0])])

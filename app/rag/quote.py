@@ -19,9 +19,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from app.rag.focus import GAP, DistinctiveRelevance, relevance, sentences_of
 from ingest.loaders import row_marks, row_requirement
+
+if TYPE_CHECKING:
+    from app.settings.rag import RagSettings
 
 _CJK = "\u3400-\u9fff\uf900-\ufaff"
 # one CJK character, or a run of other letters/digits (a word or a number)
@@ -196,6 +200,80 @@ def with_qualifier(answer: str, passages: Iterable[str], qualifier_pattern: str)
     return answer
 
 
+_OPENING = "（(「『《“【["
+_CLOSING = "）)」』》”】]"
+_CLAUSE_END = "，,；;。！？!?"
+
+
+def clauses_of(line: str) -> list[tuple[int, int]]:
+    """(start, end) of each clause of a line: text up to and including a comma, semicolon or
+    sentence end that is outside brackets and quotes ("天正3年（1575年，一说…）" is one clause)."""
+    spans: list[tuple[int, int]] = []
+    depth, start = 0, 0
+    for index, char in enumerate(line):
+        if char in _OPENING:
+            depth += 1
+        elif char in _CLOSING:
+            depth = max(0, depth - 1)
+        elif char in _CLAUSE_END and depth == 0:
+            spans.append((start, index + 1))
+            start = index + 1
+    if line[start:].strip():
+        spans.append((start, len(line)))
+    return spans
+
+
+def with_rest_of_list(answer: str, passages: Iterable[str], separator: str, max_chars: int) -> str:
+    """A short answer that is the first item of a list in its passage (followed there by
+    ``separator``, matched right after it: "、", "或") becomes the list, to the end of its
+    clause, when that is at most ``max_chars`` long: "九江推官" -> "九江推官、西华知县",
+    "无头土香" -> "无头土香、无头香、白香附". An answer that stops at the first of several
+    names or posts leaves the others out. Unchanged otherwise."""
+    core = answer.strip().rstrip("。.，,；;")
+    if not separator or max_chars <= 0 or not core:
+        return answer
+    follows = re.compile(separator)
+    for passage in passages:
+        for line in (x for block in passage.split(GAP) for x in block.splitlines()):
+            at = line.find(core)
+            if at < 0:
+                continue
+            end = at + len(core)
+            if not follows.match(line, end):
+                return answer
+            for start, stop in clauses_of(line):
+                if start <= at < stop:
+                    listed = line[at:stop].rstrip("。.，,；;")
+                    fits = end <= stop and len(listed) <= max_chars
+                    return listed if fits else answer
+            return answer
+    return answer
+
+
+def in_clause(answer: str, passages: Iterable[str], max_chars: int) -> str:
+    """A short answer as the clause of its passage that holds it, when that clause is longer
+    than the answer and at most ``max_chars`` long: "2008年12月20日" ->
+    "2008年12月20日在日本上映。", "湖南省长沙县东北部" -> "路口镇位于湖南省长沙县东北部。"
+    (a date or place with the event or thing it belongs to). A comma or semicolon ending the
+    clause is dropped, a full stop kept.
+    Unchanged otherwise (the answer is in no passage, or its clause is long)."""
+    core = answer.strip().rstrip("。.，,；;")
+    if max_chars <= 0 or not core:
+        return answer
+    for passage in passages:
+        for line in (x for block in passage.split(GAP) for x in block.splitlines()):
+            at = line.find(core)
+            if at < 0:
+                continue
+            for start, end in clauses_of(line):
+                if start <= at < end:
+                    clause = line[start:end].strip().rstrip("，,；;")
+                    # the answer within one clause, and the clause adds to it
+                    fits = at + len(core) <= end and len(core) < len(clause) <= max_chars
+                    return clause if fits else answer
+    return answer
+
+
 def focused_sentence(question: str, passages: Iterable[str], leave_out: str) -> str | None:
     """The passage sentence sharing most with the question once ``leave_out`` (the subject an
     echoed answer repeated, present everywhere) is removed from both; None without any."""
@@ -258,10 +336,17 @@ def finish(
     min_relevance: float = 0.0,
     qualifier_pattern: str = "",
     suffix_pattern: str = "",
+    clause_pattern: str = "",
+    clause_max_chars: int = 0,
+    list_separator: str = "",
+    list_max_chars: int = 0,
     file_names: Iterable[str] = (),
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
-    name, date, number or place) keeps its words, a number gains its unit; any other answer
+    name, date, number or place) keeps its words, a number gains its unit, the first item of
+    a list the rest of it (``list_separator``, ``with_rest_of_list``), and when the
+    question asks when or where (``clause_pattern``) it becomes its clause of the passage up
+    to ``clause_max_chars`` (``in_clause``); any other answer
     is quoted from the passages when it overlaps one enough (``min_overlap``), else kept.
     Then, if the model's answer or its quote only repeats the question's subject (a title
     line quoted for "X以什么为食？"), the sentence that answers replaces it; a sentence answer
@@ -277,6 +362,9 @@ def finish(
         result = with_unit(answer, passages, unit_pattern)
         result = with_suffix(result, passages, suffix_pattern)
         result = with_qualifier(result, passages, qualifier_pattern)
+        result = with_rest_of_list(result, passages, list_separator, list_max_chars)
+        if clause_pattern and re.search(clause_pattern, question):
+            result = in_clause(result, passages, clause_max_chars)
     else:
         quoted = quote(answer, passages, min_overlap)
         if quoted is None and not has_words(answer):
@@ -292,3 +380,34 @@ def finish(
     if short or quoted is None:
         return result
     return checked(result, question, passages, min_relevance)
+
+
+def finish_for(
+    settings: RagSettings,
+    answer: str,
+    question: str,
+    passages: Iterable[str],
+    *,
+    short: bool,
+    language: str,
+    file_names: Iterable[str] = (),
+) -> str | None:
+    """``finish`` with the knobs of ``settings`` (``rag.*``) for a question in ``language``:
+    what ``/ask`` does with a model's answer (and the answer-quality bench, offline)."""
+    zh = language == "zh"
+    return finish(
+        answer,
+        question,
+        passages,
+        short=short,
+        min_overlap=settings.quote_min_overlap,
+        unit_pattern=settings.answer_units,
+        qualifier_pattern=settings.answer_qualifiers,
+        suffix_pattern=settings.answer_suffixes,
+        clause_pattern=settings.clause_answer_zh if zh else settings.clause_answer_en,
+        clause_max_chars=settings.clause_answer_max_chars,
+        list_separator=settings.answer_list_separators,
+        list_max_chars=settings.answer_list_max_chars,
+        file_names=file_names,
+        min_relevance=settings.answer_min_relevance,
+    )

@@ -38,7 +38,7 @@ from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
 from app.rag.passage import Passage
-from app.rag.quote import finish, listed
+from app.rag.quote import finish_for, listed
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.rag.search import KnowledgeBaseSearch
 from app.settings.base import SearchMode
@@ -449,17 +449,14 @@ class RagService:
         elif rest:
             yield RagEvent("token", text=rest)
         if held:
-            final = finish(
+            final = finish_for(
+                self.settings,
                 "".join(held),
                 question,
                 [d.page_content for d in docs],
                 short=prompts.short,
-                min_overlap=self.settings.quote_min_overlap,
-                unit_pattern=self.settings.answer_units,
-                qualifier_pattern=self.settings.answer_qualifiers,
-                suffix_pattern=self.settings.answer_suffixes,
+                language=prompts.language,
                 file_names=[str(d.metadata.get("filename") or "") for d in docs],
-                min_relevance=self.settings.answer_min_relevance,
             )
             # None: a list number that names no item of the passages, or only a file name
             final = final or extractive_answer(question, docs)

@@ -121,8 +121,8 @@ def test_chinese_question_finds_the_clause(client: httpx.Client) -> None:
 def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: httpx.Client) -> None:
     """rag.quote_answers: a sentence answer becomes the passage text it overlaps most (when
     enough), verbatim; a short-answer question ("how tall") keeps the model's own words,
-    finished from the passage (app.rag.quote.finish)."""
-    from app.rag.quote import finish
+    finished from the passage (app.rag.quote.finish_for)."""
+    from app.rag.quote import finish_for
 
     settings = server.settings.rag
     changed = 0
@@ -134,16 +134,13 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
         answer = _ask(client, kb, question)
         said = server.spy.last_text
         texts = [s["text"] for s in answer["sources"]]
-        expected = finish(
+        expected = finish_for(
+            settings,
             said,
             question,
             texts,
             short=False,
-            min_overlap=settings.quote_min_overlap,
-            unit_pattern=settings.answer_units,
-            min_relevance=settings.answer_min_relevance,
-            qualifier_pattern=settings.answer_qualifiers,
-            suffix_pattern=settings.answer_suffixes,
+            language=kb,
             file_names=[s["filename"] for s in answer["sources"]],
         )
         assert expected is not None
@@ -154,16 +151,13 @@ def test_sentence_answers_are_quoted_from_the_passages(server: Any, client: http
     assert changed, "the model's answers were never replaced by a passage's words"
     short = _ask(client, "en", EN_Q)
     said = server.spy.last_text
-    assert short["answer"] == finish(
+    assert short["answer"] == finish_for(
+        settings,
         said,
         EN_Q,
         [s["text"] for s in short["sources"]],
         short=True,
-        min_overlap=settings.quote_min_overlap,
-        unit_pattern=settings.answer_units,
-        min_relevance=settings.answer_min_relevance,
-        qualifier_pattern=settings.answer_qualifiers,
-        suffix_pattern=settings.answer_suffixes,
+        language="en",
         file_names=[s["filename"] for s in short["sources"]],
     )
     assert short["answer"].startswith(said.strip().rstrip("."))
@@ -389,3 +383,22 @@ def test_a_list_question_gets_every_row_of_its_table_section(
         # the same table section, a question for one sentence: no list
         one = _ask(client, "table", "用户的账户和权限应该怎样分配？", max_tokens=48)
         assert "\n" not in one["answer"].strip()
+
+
+FILM = (
+    "《摄影结束》是一部日本电影，由佐藤导演执导。该片于2008年夏天完成拍摄，"
+    "2008年12月20日由东宝在日本全国上映，并在东京国际电影节获得提名。"
+)
+
+
+def test_a_when_question_gets_the_date_with_its_clause(
+    shared_server: Any, wait_job: Callable[..., dict]
+) -> None:
+    """rag.clause_answer_zh through /ask: the packaged Qwen 0.5B on llama.cpp answers a
+    "什么时候" question with the date; the user reads the date with its event, verbatim."""
+    live = shared_server("qwen-llamacpp")
+    with _client(live) as client:
+        _ingest(client, "film", {"film.txt": FILM}, wait_job)
+        answer = _ask(client, "film", "《摄影结束》是什么时候上映的？", max_tokens=32)
+        assert answer["answer"] == "2008年12月20日由东宝在日本全国上映"
+        assert answer["answer"] in answer["sources"][0]["text"]

@@ -311,10 +311,29 @@ def test_marker_only_answers_become_the_passages_best_sentence() -> None:
 
 def test_short_answer_questions_get_the_short_prompt() -> None:
     rag = load_settings().rag
-    for question in ("长城有多少年历史？", "《神圣十月》是何时开始播放的？", "谁设计了铁塔？"):
+    asked = (
+        "长城有多少年历史？",
+        "《神圣十月》是何时开始播放的？",
+        "谁设计了铁塔？",
+        # a name is asked for
+        "林郁智的艺名是什么？",
+        "达曼新建的机场叫什么？",
+        "该棱柱被称为什么？",
+        "浮龙最初由古生物学家命名为什么？",
+        "李日华进士及第后担任什么官职？",
+    )
+    for question in asked:
         prompts = Prompts.of(rag, "zh", question)
         assert prompts.short and prompts.prompt == rag.prompt_zh_short, question
-    for question in ("等级保护2.0采用的防护理念是什么？", "四加亭有桥梁吗？", "为什么要延长剧情？"):
+    for question in (
+        "等级保护2.0采用的防护理念是什么？",
+        "四加亭有桥梁吗？",
+        "为什么要延长剧情？",
+        # what a name means or where it comes from is no name
+        "书的名字是什么意思？",
+        "四加亭名字的由来是什么？",
+        "硬枝黄蝉的名称是怎么来的？",
+    ):
         prompts = Prompts.of(rag, "zh", question)
         assert not prompts.short and prompts.prompt == rag.prompt_zh, question
     assert Prompts.of(rag, "en", "How many floors does it have?").short
@@ -636,3 +655,78 @@ def test_an_echoed_subject_becomes_the_sentence_that_answers() -> None:
     assert finish("蓝线裸顶鲷的食物", question, [titled], short=False, **kwargs) == (
         "本鱼栖息在岩礁附近的沙质海域，属肉食性，以甲壳类、头足类和小鱼为食。"
     )
+
+
+def test_a_when_or_where_answer_becomes_its_clause() -> None:
+    """rag.clause_answer_zh: a short answer to "什么时候"/"在哪里" is given as the clause of its
+    passage that holds it (the date with its event), when that clause is short enough."""
+    from app.rag.quote import clauses_of, finish_for, in_clause
+
+    settings = load_settings().rag
+    passage = (
+        "《摄影结束》是日本电影。2008年12月20日在日本上映，票房第三。"
+        "渡川之战发生于天正3年（1575年，一说1576年）。路口镇位于湖南省长沙县东北部。"
+    )
+    line = "天正3年（1575年，一说1576年）战，后来；再战。"
+    assert [line[a:b] for a, b in clauses_of(line)] == [
+        "天正3年（1575年，一说1576年）战，",  # no clause ends inside brackets
+        "后来；",
+        "再战。",
+    ]
+    assert in_clause("2008年12月20日", [passage], 30) == "2008年12月20日在日本上映"
+    assert in_clause("天正3年（1575年，一说1576年）", [passage], 30) == (
+        "渡川之战发生于天正3年（1575年，一说1576年）。"
+    )
+    assert in_clause("湖南省长沙县东北部。", [passage], 30) == "路口镇位于湖南省长沙县东北部。"
+    # a clause longer than the bound, an answer in no passage or spanning two clauses,
+    # an answer that is its whole clause: unchanged
+    assert in_clause("2008年12月20日", [passage], 10) == "2008年12月20日"
+    assert in_clause("2008年12月20日", [passage], 0) == "2008年12月20日"
+    assert in_clause("2009年", [passage], 30) == "2009年"
+    assert in_clause("在日本上映，票房", [passage], 30) == "在日本上映，票房"
+    assert in_clause("后来", ["后来，再战。"], 30) == "后来"
+
+    def ask(answer: str, question: str, short: bool = True, language: str = "zh") -> str | None:
+        return finish_for(settings, answer, question, [passage], short=short, language=language)
+
+    assert ask("2008年12月20日", "《摄影结束》什么时候在日本上映？") == "2008年12月20日在日本上映"
+    assert ask("湖南省长沙县东北部", "路口镇位于什么地方？") == "路口镇位于湖南省长沙县东北部。"
+    # a gloss first (rag.answer_suffixes), then the clause
+    assert ask("天正3年", "渡川之战发生于何时？") == "渡川之战发生于天正3年（1575年，一说1576年）。"
+    # other short questions, sentence answers and (by default) English keep their words
+    assert ask("第三", "《摄影结束》票房排第几？") == "第三"
+    assert ask("2008年12月20日", "什么时候上映？", language="en") == "2008年12月20日"
+    off = settings.model_copy(update={"clause_answer_zh": ""})
+    said = finish_for(off, "2008年12月20日", "什么时候上映？", [passage], short=True, language="zh")
+    assert said == "2008年12月20日"
+    for name in ("rag.clause_answer_zh", "rag.clause_answer_en"):
+        with pytest.raises(ValueError, match=name.split(".")[1]):
+            load_settings(**{name: "(unclosed"})
+
+
+def test_the_first_item_of_a_list_becomes_the_list() -> None:
+    """rag.answer_list_separators: a short answer that stops at the first of several names or
+    posts in its passage gets the rest of the list (to the end of its clause)."""
+    from app.rag.quote import finish_for, with_rest_of_list
+
+    settings = load_settings().rag
+    separators = settings.answer_list_separators
+    passage = (
+        "李日华进士及第后，历任九江推官、西华知县，后升任礼部主事。"
+        "刺角瓜又名非洲角黄瓜（African horned cucumber）或火参果（kiwano）。"
+    )
+    assert with_rest_of_list("九江推官", [passage], separators, 80) == "九江推官、西华知县"
+    assert with_rest_of_list(
+        "非洲角黄瓜（African horned cucumber）", [passage], separators, 80
+    ) == ("非洲角黄瓜（African horned cucumber）或火参果（kiwano）")
+    # not followed by a separator, the list too long, off, not in a passage: unchanged
+    assert with_rest_of_list("礼部主事", [passage], separators, 80) == "礼部主事"
+    assert with_rest_of_list("九江推官", [passage], separators, 6) == "九江推官"
+    assert with_rest_of_list("九江推官", [passage], "", 80) == "九江推官"
+    assert with_rest_of_list("九江知府", [passage], separators, 80) == "九江知府"
+    said = finish_for(
+        settings, "九江推官", "李日华进士及第后担任什么官职？", [passage], short=True, language="zh"
+    )
+    assert said == "九江推官、西华知县"
+    with pytest.raises(ValueError, match="answer_list_separators"):
+        load_settings(**{"rag.answer_list_separators": "(unclosed"})
