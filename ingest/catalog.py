@@ -32,6 +32,10 @@ from typing import Any
 from ingest.errors import DocumentError, NotFoundError
 from ingest.models import Document, Job, KnowledgeBase
 
+# version 2: a document's chunks read by position (a list answer's table section around its
+# passage, not the whole document)
+SCHEMA_V2 = ["CREATE INDEX IF NOT EXISTS chunks_doc_idx ON chunks (kb, doc_id, idx)"]
+
 
 def schema_v1(real: str, big: str, seq: str) -> list[str]:
     """Version 1 of the schema in one database's types: ``real`` a float of 8 bytes, ``big``
@@ -348,11 +352,27 @@ class SqlCatalog:
             )
             db.execute("UPDATE kbs SET version = version + 1 WHERE name = ?", (kb,))
 
-    def chunks_of(self, kb: str, doc_id: str) -> list[tuple[str, str, dict]]:
-        rows = self._read(
-            "SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND doc_id = ? ORDER BY idx",
-            (kb, doc_id),
-        )
+    def chunks_of(
+        self, kb: str, doc_id: str, first: int | None = None, last: int | None = None
+    ) -> list[tuple[str, str, dict]]:
+        """(chunk id, text, metadata) of a document's chunks in order; only those at positions
+        ``first`` to ``last`` (both included) when given."""
+        if first is None and last is None:
+            rows = self._read(
+                "SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND doc_id = ? ORDER BY idx",
+                (kb, doc_id),
+            )
+        else:
+            rows = self._read(
+                "SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND doc_id = ? "
+                "AND idx BETWEEN ? AND ? ORDER BY idx",
+                (
+                    kb,
+                    doc_id,
+                    first if first is not None else 0,
+                    last if last is not None else 2**31,
+                ),
+            )
         return [(r["chunk_id"], r["text"], json.loads(r["meta"])) for r in rows]
 
     def chunks_by_id(self, kb: str, ids: list[str]) -> dict[str, tuple[str, dict]]:
@@ -488,7 +508,7 @@ class SqlCatalog:
 class Catalog(SqlCatalog):
     """The catalog in one SQLite file (the embedded default)."""
 
-    MIGRATIONS = ((1, schema_v1("REAL", "INTEGER", "")),)
+    MIGRATIONS = ((1, schema_v1("REAL", "INTEGER", "")), (2, SCHEMA_V2))
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ingest.catalog import SqlCatalog, schema_v1
+from ingest.catalog import SCHEMA_V2, SqlCatalog, schema_v1
 from ingest.errors import CatalogUnavailableError
 
 # version 1: the shared tables, and the uploaded files (only the PostgreSQL catalog stores them)
@@ -57,7 +57,7 @@ class _Tx:
 
 
 class PostgresCatalog(SqlCatalog):
-    MIGRATIONS = ((1, _PG_V1),)
+    MIGRATIONS = ((1, _PG_V1), (2, SCHEMA_V2))
     LOCK_ROWS = " FOR UPDATE SKIP LOCKED"
     INSERT_ORDER = "seq"
 

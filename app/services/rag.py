@@ -47,6 +47,7 @@ from app.settings.rag import RagSettings
 if TYPE_CHECKING:
     from app.rag.reranker import CrossEncoderReranker
     from app.settings import Settings
+    from ingest.catalog import SqlCatalog
     from ingest.service import KnowledgeBaseService
 
 AnswerMode = Literal["generate", "passages"]
@@ -133,6 +134,45 @@ def extractive_answer(question: str, docs: list[Document]) -> str:
 def to_lc_messages(history: list[ChatMessage]) -> list[BaseMessage]:
     kinds = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
     return [kinds[m.role](content=m.content) for m in history]
+
+
+def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> list[list[str]]:
+    """The rows of the table section of each passage made of table rows (``rows`` in its
+    metadata): the rows of the run of its document's chunks under the same headings around
+    it, in the document's order (a section longer than a chunk spans several; their overlap
+    is read once). At most ``reach`` chunks are read on each side of the passage
+    (``rag.list_max_chunks``): the work is bounded by the setting, not the document's size."""
+    sections: list[list[str]] = []
+    seen: set[tuple[str, str, tuple[str, ...]]] = set()
+    for doc in docs:
+        meta = doc.metadata
+        kb, doc_id, at = meta.get("kb"), meta.get("doc_id"), meta.get("chunk_index")
+        path = tuple(meta.get("heading_path") or [])
+        if not meta.get("rows") or not kb or not doc_id or at is None:
+            continue
+        if (kb, doc_id, path) in seen:
+            continue
+        seen.add((kb, doc_id, path))
+        window = catalog.chunks_of(kb, doc_id, int(at) - reach, int(at) + reach)
+        under = [tuple(chunk.get("heading_path") or []) == path for _, _, chunk in window]
+        mine = next((i for i, (_, _, c) in enumerate(window) if c.get("chunk_index") == at), None)
+        if mine is None:
+            continue
+        # the passage's own run of chunks under its headings (not another section of the
+        # same path further on)
+        first, last = mine, mine
+        while first > 0 and under[first - 1]:
+            first -= 1
+        while last + 1 < len(window) and under[last + 1]:
+            last += 1
+        rows: list[str] = []
+        for _, text, chunk in window[first : last + 1]:
+            count = int(chunk.get("rows") or 0)
+            if count:
+                lines = [line.strip() for line in text.splitlines() if line.strip()]
+                rows += [row for row in lines[-count:] if row not in rows]
+        sections.append(rows)
+    return sections
 
 
 class RagService:
@@ -469,27 +509,7 @@ class RagService:
             yield RagEvent("token", text=extractive_answer(question, docs))
 
     def table_sections(self, docs: list[Document]) -> list[list[str]]:
-        """The rows of the table section of each passage made of table rows (``rows`` in its
-        metadata): the rows of its document's chunks under the same headings, in the
-        document's order (a section longer than a chunk spans several; their overlap is
-        read once)."""
-        sections: list[list[str]] = []
-        seen: set[tuple[str, str, tuple[str, ...]]] = set()
-        for doc in docs:
-            meta = doc.metadata
-            kb, doc_id = meta.get("kb"), meta.get("doc_id")
-            path = tuple(meta.get("heading_path") or [])
-            if not meta.get("rows") or not kb or not doc_id or (kb, doc_id, path) in seen:
-                continue
-            seen.add((kb, doc_id, path))
-            rows: list[str] = []
-            for _, text, chunk in self.kb.catalog.chunks_of(kb, doc_id):
-                count = int(chunk.get("rows") or 0)
-                if count and tuple(chunk.get("heading_path") or []) == path:
-                    lines = [line.strip() for line in text.splitlines() if line.strip()]
-                    rows += [row for row in lines[-count:] if row not in rows]
-            sections.append(rows)
-        return sections
+        return table_sections(self.kb.catalog, docs, self.settings.list_max_chunks)
 
     async def _passages(
         self,

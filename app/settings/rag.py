@@ -208,6 +208,14 @@ class RagSettings(Section):
         description="Longest list a short answer is completed to (characters); a longer one "
         "leaves the answer as it is. 0: never.",
     )
+    list_max_chunks: int = Field(
+        40,
+        ge=0,
+        le=1000,
+        description="Chunks read on each side of a list answer's passage to gather its table "
+        "section (the run of chunks under the same headings): bounds the work of one list "
+        "question, whatever the document's size; a longer section is cut there.",
+    )
     clause_answer_zh: str = Field(
         CLAUSE_ANSWER_ZH,
         description="Regex: a Chinese question it matches (searched anywhere; it asks when or "

@@ -53,7 +53,7 @@ def _doc(kb: str, doc_id: str, filename: str) -> Document:
 
 
 def test_catalog_queries_on_both_databases(catalog: SqlCatalog) -> None:
-    assert catalog.schema_version() == catalog.latest_version == 1
+    assert catalog.schema_version() == catalog.latest_version == 2
     assert catalog.create_kb("kb", "model", 3) is True
     assert catalog.create_kb("kb", "model", 3) is False  # exists: nothing changes
     assert catalog.kb_version("kb") == 0 and catalog.kb_version("nope") == -1
@@ -71,6 +71,9 @@ def test_catalog_queries_on_both_databases(catalog: SqlCatalog) -> None:
     assert (version, ids) == (1, ["d1:0", "d1:1", "d1:2"])  # in insertion order
     assert tokens[2] == ["tok2", "common"]
     assert catalog.chunks_of("kb", "d1")[1] == ("d1:1", "text 1", rows[1][3])
+    # by position (a list answer's table section around its passage)
+    assert [c[0] for c in catalog.chunks_of("kb", "d1", 1, 5)] == ["d1:1", "d1:2"]
+    assert [c[0] for c in catalog.chunks_of("kb", "d1", -3, 0)] == ["d1:0"]
     assert set(catalog.chunks_by_id("kb", ["d1:0", "d1:2", "zz"])) == {"d1:0", "d1:2"}
     kb = catalog.get_kb("kb")
     assert kb is not None and (kb.documents, kb.chunks) == (2, 3)
@@ -154,7 +157,7 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(pg_url: str, tmp_pat
 
     PostgresCatalog(pg_url).close()
     reopened = PostgresCatalog(pg_url)  # a second start migrates nothing
-    assert reopened.schema_version() == 1
+    assert reopened.schema_version() == 2
     with reopened.connect() as db:
         db.execute("UPDATE schema_version SET version = 99")
     reopened.close()
@@ -176,11 +179,14 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(pg_url: str, tmp_pat
             "VALUES ('job-old', 'kb', 'd', 'f.txt', 'queued', 1.0)"
         )
     upgraded = Catalog(path)
-    assert upgraded.schema_version() == 1
+    assert upgraded.schema_version() == 2
+    with upgraded.connect() as db:  # version 2's index on a document's chunk positions
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "chunks_doc_idx" in names
     job = upgraded.claim()
     assert job is not None and job.id == "job-old"
     with upgraded.connect() as db:
-        db.execute("UPDATE schema_version SET version = 2")
+        db.execute("UPDATE schema_version SET version = 3")
     upgraded.close()
     with pytest.raises(CatalogSchemaError, match="newer than this kbqa"):
         Catalog(path)

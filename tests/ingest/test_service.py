@@ -542,3 +542,47 @@ def test_a_search_runs_while_a_large_embedding_request_is_still_going(
     done_when = len(batches)
     thread.join(300)
     assert done_when < 30, f"the query waited for {done_when} of 30 batches"
+
+
+def _table(point: str, rows: list[str]) -> str:
+    cells = "".join(f"<tr><td>{row}</td><td>√</td><td>√</td></tr>" for row in rows)
+    return (
+        f"<table><tr><th>控制点</th><th>要求</th><th>二级</th><th>三级</th></tr>"
+        f'<tr><td rowspan="{len(rows) + 1}"><h5>{point}</h5></td></tr>{cells}</table>\n'
+    )
+
+
+def test_a_table_section_is_read_around_its_passage_within_the_bound(
+    service: KnowledgeBaseService,
+) -> None:
+    """A list answer's table section is the run of chunks under the passage's headings,
+    read by position from the catalog: at most ``rag.list_max_chunks`` on each side."""
+    from langchain_core.documents import Document as LcDocument
+
+    from app.services.rag import table_sections
+
+    rows = [f"应满足第{n}项访问控制要求，并记录第{n}项的执行情况。" for n in range(1, 15)]
+    text = (
+        "# 安全计算环境\n" + _table("访问控制", rows) + _table("安全审计", ["应启用安全审计功能。"])
+    )
+    service.create_kb("tables")
+    doc_id = _ingest(service, "tables", "std.md", text.encode())
+    chunks = service.list_chunks("tables", doc_id)
+    under = [c for c in chunks if (c.metadata.get("heading_path") or [])[-1:] == ["访问控制"]]
+    assert len(under) >= 5 and all(c.metadata.get("rows") for c in under)  # spans chunks
+    hit = KnowledgeBaseSearch(service).search("tables", "第8项访问控制要求", 1, mode="keyword")[0]
+    passage = LcDocument(page_content=hit.text, metadata=hit.metadata)
+    at = [c.metadata["chunk_id"] for c in under].index(hit.metadata["chunk_id"])
+
+    def read(reach: int) -> list[str]:
+        [section] = table_sections(service.catalog, [passage], reach)
+        return [row.split("。")[0] + "。" for row in section]
+
+    assert read(40) == rows  # the whole section, in order, the next section's row not in it
+    near = read(1)
+    assert near == [r for r in rows if r in near] and len(near) < len(rows)
+    own = {
+        r.split("。")[0] + "。" for c in under[max(0, at - 1) : at + 2] for r in c.text.splitlines()
+    }
+    assert set(near) <= own  # only rows of the passage's chunk and its two neighbours
+    assert set(read(0)) <= {r.split("。")[0] + "。" for r in hit.text.splitlines()}
