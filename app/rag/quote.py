@@ -1,10 +1,12 @@
 """The source's own words as the answer.
 
 Short answers (a name, date, number, place) keep the model's words, finished from the passage:
-a number the passage follows with its unit ("16" -> "16个", ``rag.answer_units``) gets it, and
-an answer that only repeats the question's subject ("蓝线裸顶鲷" for "蓝线裸顶鲷以什么为食？", a
-small model's commonest miss) is replaced by the passage sentence that best matches the rest of
-the question.
+a number the passage follows with its unit ("16" -> "16个", ``rag.answer_units``) gets it,
+the first item of a list the rest of it ("九江推官" -> "九江推官、西华知县"), a date or place
+asked "when" or "where" its clause ("2008年12月20日在日本上映"), and an answer that only
+repeats the question's subject ("蓝线裸顶鲷" for "蓝线裸顶鲷以什么为食？", a small model's
+commonest miss) is replaced by the passage sentence that best matches the rest of the
+question.
 
 A small model asked to copy the passage sentence that answers a question often copies it
 nearly: a word dropped, the subject repeated, a clause reordered. For a compliance question
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from app.rag.focus import GAP, DistinctiveRelevance, relevance, sentences_of
@@ -57,19 +59,26 @@ def overlap(answer: str, candidate: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def lines_of(passages: Iterable[str]) -> Iterator[str]:
+    """The lines of the passages, " … " gaps apart (text on either side of a gap is not
+    contiguous in the document)."""
+    for passage in passages:
+        for block in passage.split(GAP):
+            yield from block.splitlines()
+
+
 def candidates(passage: str, max_run: int = 2) -> list[str]:
     """Sentences of a passage (lines apart, " … " gaps dropped) and runs of up to ``max_run``
     adjacent ones of the same line: a heading line and the sentence under it are not one
     quote (an answer naming the subject twice matched "title" + "title (...)" better than
     its own sentence)."""
     runs: list[str] = []
-    for block in passage.split(GAP):
-        for line in block.splitlines():
-            sentences = [s for s in sentences_of(line) if s]
-            for start in range(len(sentences)):
-                for length in range(1, max_run + 1):
-                    if start + length <= len(sentences):
-                        runs.append("".join(sentences[start : start + length]))
+    for line in lines_of([passage]):
+        sentences = [s for s in sentences_of(line) if s]
+        for start in range(len(sentences)):
+            for length in range(1, max_run + 1):
+                if start + length <= len(sentences):
+                    runs.append("".join(sentences[start : start + length]))
     return runs
 
 
@@ -233,20 +242,19 @@ def with_rest_of_list(answer: str, passages: Iterable[str], separator: str, max_
     if not separator or max_chars <= 0 or not core:
         return answer
     follows = re.compile(separator)
-    for passage in passages:
-        for line in (x for block in passage.split(GAP) for x in block.splitlines()):
-            at = line.find(core)
-            if at < 0:
-                continue
-            end = at + len(core)
-            if not follows.match(line, end):
-                return answer
-            for start, stop in clauses_of(line):
-                if start <= at < stop:
-                    listed = line[at:stop].rstrip("。.，,；;")
-                    fits = end <= stop and len(listed) <= max_chars
-                    return listed if fits else answer
+    for line in lines_of(passages):
+        at = line.find(core)
+        if at < 0:
+            continue
+        end = at + len(core)
+        if not follows.match(line, end):
             return answer
+        for start, stop in clauses_of(line):
+            if start <= at < stop:
+                listed = line[at:stop].rstrip("。.，,；;")
+                fits = end <= stop and len(listed) <= max_chars
+                return listed if fits else answer
+        return answer
     return answer
 
 
@@ -260,17 +268,16 @@ def in_clause(answer: str, passages: Iterable[str], max_chars: int) -> str:
     core = answer.strip().rstrip("。.，,；;")
     if max_chars <= 0 or not core:
         return answer
-    for passage in passages:
-        for line in (x for block in passage.split(GAP) for x in block.splitlines()):
-            at = line.find(core)
-            if at < 0:
-                continue
-            for start, end in clauses_of(line):
-                if start <= at < end:
-                    clause = line[start:end].strip().rstrip("，,；;")
-                    # the answer within one clause, and the clause adds to it
-                    fits = at + len(core) <= end and len(core) < len(clause) <= max_chars
-                    return clause if fits else answer
+    for line in lines_of(passages):
+        at = line.find(core)
+        if at < 0:
+            continue
+        for start, end in clauses_of(line):
+            if start <= at < end:
+                clause = line[start:end].strip().rstrip("，,；;")
+                # the answer within one clause, and the clause adds to it
+                fits = at + len(core) <= end and len(core) < len(clause) <= max_chars
+                return clause if fits else answer
     return answer
 
 
