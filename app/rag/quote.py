@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.rag.focus import GAP, DistinctiveRelevance, relevance, sentences_of
@@ -301,21 +302,51 @@ def _quotes(answer: str, row: str) -> bool:
     return answer in row or (bool(requirement) and requirement in answer)
 
 
-def listed(answer: str, question: str, sections: Iterable[list[str]]) -> str:
-    """The answer to a list question: when ``answer`` is (in, or holds) one of the rows of a
-    table section (``sections``: each a section's rows in the document's order), every row of that
-    section, one per line; when the question names some of the rows' marks ("第三级" names
-    "三级"), only the rows marked with one of them. The answer unchanged otherwise."""
+@dataclass
+class Section:
+    """A table section of a document: its heading path and its rows, in order."""
+
+    path: tuple[str, ...]
+    rows: list[str]
+
+
+# a heading's numbering ("8.1.4.1 ", "No.1 ", "03. ") before its words
+_NUMBERING = re.compile(r"^\s*(?:No\.\s*)?(?:\d+|[A-Za-z])(?:[.．、]\d+)*(?:[.．、]\s*|\s+)")
+
+
+def naming(section: Section, question: str) -> int:
+    """How many of the section's headings the question names, its own (last) heading first:
+    0 when the question does not name that one ("安全通用要求中，第三级系统的安全区域边界的访问
+    控制有哪些要求？" names all three of 安全通用要求 > 安全区域边界 > 访问控制)."""
+    words = [_NUMBERING.sub("", part).strip().lower() for part in section.path]
+    asked = question.lower()
+    if not words or not words[-1] or words[-1] not in asked:
+        return 0
+    return sum(bool(word) and word in asked for word in words)
+
+
+def listed(answer: str, question: str, sections: Iterable[Section]) -> str:
+    """The answer to a list question from the table sections of its passages (``sections``,
+    in the passages' order): the section the question names by its headings (``naming``;
+    the most headings named, the first of equals), else the one whose rows ``answer`` is
+    in (or holds); every row of it, one per line; when the question names some of the rows'
+    marks ("第三级" names "三级"), only the rows marked with one of them. A small model asked
+    for a control point's requirements often copies an overview sentence or a row of a
+    neighbouring section; the section the question names is what was asked. The answer
+    unchanged when no section is named and the answer is in none (or in a one-row one)."""
     core = answer.strip().rstrip("。.；;")
     if not core:
         return answer
-    for rows in sections:
-        if len(rows) < 2 or not any(_quotes(core, row) for row in rows):
-            continue
-        named = {n for row in rows for n in row_marks(row) if n in question}
-        kept = [row for row in rows if row_marks(row) & named] if named else rows
-        return "\n".join(kept or rows)
-    return answer
+    tables = [s for s in sections if len(s.rows) >= 2]
+    chosen = max(tables, key=lambda s: naming(s, question), default=None)
+    if chosen is None or not naming(chosen, question):
+        chosen = next((s for s in tables if any(_quotes(core, row) for row in s.rows)), None)
+    if chosen is None:
+        return answer
+    rows = chosen.rows
+    named = {n for row in rows for n in row_marks(row) if n in question}
+    kept = [row for row in rows if row_marks(row) & named] if named else rows
+    return "\n".join(kept or rows)
 
 
 def checked(answer: str, question: str, passages: Iterable[str], min_relevance: float) -> str:

@@ -38,7 +38,7 @@ from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
 from app.rag.passage import Passage
-from app.rag.quote import finish_for, listed
+from app.rag.quote import Section, finish_for, listed
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.rag.search import KnowledgeBaseSearch
 from app.settings.base import SearchMode
@@ -136,13 +136,13 @@ def to_lc_messages(history: list[ChatMessage]) -> list[BaseMessage]:
     return [kinds[m.role](content=m.content) for m in history]
 
 
-def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> list[list[str]]:
+def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> list[Section]:
     """The rows of the table section of each passage made of table rows (``rows`` in its
     metadata): the rows of the run of its document's chunks under the same headings around
     it, in the document's order (a section longer than a chunk spans several; their overlap
     is read once). At most ``reach`` chunks are read on each side of the passage
     (``rag.list_max_chunks``): the work is bounded by the setting, not the document's size."""
-    sections: list[list[str]] = []
+    sections: list[Section] = []
     seen: set[tuple[str, str, tuple[str, ...]]] = set()
     for doc in docs:
         meta = doc.metadata
@@ -171,7 +171,7 @@ def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> lis
             if count:
                 lines = [line.strip() for line in text.splitlines() if line.strip()]
                 rows += [row for row in lines[-count:] if row not in rows]
-        sections.append(rows)
+        sections.append(Section(path, rows))
     return sections
 
 
@@ -508,7 +508,7 @@ class RagService:
             # the model said nothing but markers: the passage's own best sentence instead
             yield RagEvent("token", text=extractive_answer(question, docs))
 
-    def table_sections(self, docs: list[Document]) -> list[list[str]]:
+    def table_sections(self, docs: list[Document]) -> list[Section]:
         return table_sections(self.kb.catalog, docs, self.settings.list_max_chunks)
 
     async def _passages(

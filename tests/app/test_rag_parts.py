@@ -369,7 +369,7 @@ ROWS = [
 
 
 def test_a_row_answer_to_a_list_question_becomes_its_section() -> None:
-    from app.rag.quote import listed
+    from app.rag.quote import Section, listed, naming
     from ingest.loaders import row_marks
 
     assert row_marks(ROWS[3]) == {"四级"} and row_marks("应对登录的用户分配账户和权限。") == set()
@@ -378,14 +378,32 @@ def test_a_row_answer_to_a_list_question_becomes_its_section() -> None:
         "level 4",
     }
     answer = "应由授权主体配置访问控制策略。"
+    access = Section(("安全通用要求", "安全计算环境", "访问控制"), ROWS)
+    audit = Section(
+        ("安全通用要求", "安全区域边界", "安全审计"),
+        ["应关闭不需要的端口。（适用等级：三级）", "应启用审计。（适用等级：三级）"],
+    )
+    unnamed = Section(("表一",), access.rows)
     # the question names a level: the rows marked with it
-    assert listed(answer, "第三级系统的访问控制有哪些要求？", [ROWS]) == "\n".join(ROWS[:3])
+    assert listed(answer, "第三级系统的有哪些要求？", [unnamed]) == "\n".join(ROWS[:3])
     # no level named: every row, in the document's order
-    other = ["应关闭不需要的端口。（适用等级：三级）", "应启用审计。（适用等级：三级）"]
-    assert listed(answer, "访问控制有哪些要求？", [other, ROWS]) == "\n".join(ROWS)
-    # an answer from none of the sections, or a section of one row: unchanged
-    assert listed("应关闭高危端口。", "访问控制有哪些要求？", [other, ROWS]) == "应关闭高危端口。"
-    assert listed(answer, "有哪些要求？", [ROWS[2:3]]) == answer
+    assert listed(answer, "有哪些要求？", [audit, unnamed]) == "\n".join(ROWS)
+    # an answer from none of the sections and no section named, or a section of one row:
+    # unchanged
+    assert listed("应关闭高危端口。", "有哪些要求？", [audit, unnamed]) == "应关闭高危端口。"
+    assert listed(answer, "有哪些要求？", [Section(("表一",), ROWS[2:3])]) == answer
+    # the section the question names wins over the one the model copied from (an overview
+    # sentence, or a row of a neighbouring section)
+    question = "安全通用要求中，第三级系统的安全区域边界的安全审计有哪些要求？"
+    assert naming(audit, question) == 3 and naming(access, question) == 0
+    assert listed(answer, question, [access, audit]) == "\n".join(audit.rows)
+    overview = "涉及的安全控制点包括边界防护、访问控制、安全审计。"
+    assert listed(overview, question, [access, audit]) == "\n".join(audit.rows)
+    # more headings named wins; numbering is not part of a heading's name
+    numbered = Section(("8.1 安全计算环境", "8.1.4 访问控制"), ROWS)
+    assert naming(numbered, "安全计算环境的访问控制有哪些要求？") == 2
+    assert naming(Section(("Access control",), ROWS), "What are the access control rules?") == 1
+    assert naming(Section(("A. Access",), ROWS), "What are the audit rules?") == 0
 
 
 def test_quote_replaces_a_paraphrase_with_the_source_sentence() -> None:
