@@ -576,7 +576,7 @@ def test_a_table_section_is_read_around_its_passage_within_the_bound(
 
     def read(reach: int) -> list[str]:
         [section] = table_sections(service.catalog, [passage], reach)
-        return [row.split("。")[0] + "。" for row in section]
+        return [row.split("。")[0] + "。" for row in section.rows]
 
     assert read(40) == rows  # the whole section, in order, the next section's row not in it
     near = read(1)
