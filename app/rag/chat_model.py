@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from langchain_core.callbacks import (
@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PlainValidator
 
-from app.llm.base import ChatGenerator, ChatMessage, GenerationParams
+from app.llm.base import ChatGenerator, ChatMessage, GenerationParams, LLMBackend
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
@@ -39,6 +39,19 @@ class GenerationStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
+    messages: list[ChatMessage] = field(default_factory=list)  # as sent
+    text: str = ""  # as generated so far
+
+    def cut(self, llm: LLMBackend) -> None:
+        """Counts for a generation stopped before its last chunk (the consumer closed the
+        stream: a loop cut short), which would have carried them: the prompt's from the chat
+        template, the answer's from the text generated until then."""
+        if not self.started or self.finish_reason is not None:
+            return
+        self.finish_reason = "stop"
+        self.finished = self.finished or time.perf_counter()
+        self.prompt_tokens = llm.count_prompt_tokens(self.messages)
+        self.completion_tokens = llm.count_tokens(self.text)
 
 
 def to_chat_messages(messages: list[BaseMessage]) -> list[ChatMessage]:
@@ -105,11 +118,13 @@ class KbqaChatModel(BaseChatModel):
         stats = self.stats if self.stats is not None else GenerationStats()
         stats.started = time.perf_counter()
         model = kwargs.get("model", self.model)
+        stats.messages = to_chat_messages(messages)
         slot, pieces = await self.chat.open_stream(
-            to_chat_messages(messages), self._params(stop, kwargs), model
+            stats.messages, self._params(stop, kwargs), model
         )
         try:
             async for piece in pieces:
+                stats.text += piece.text
                 if piece.text and stats.first_token is None:
                     stats.first_token = time.perf_counter()
                 info: dict[str, Any] = {}

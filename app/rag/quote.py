@@ -282,6 +282,22 @@ def in_clause(answer: str, passages: Iterable[str], max_chars: int) -> str:
     return answer
 
 
+def loops(text: str, min_chars: int, repeats: int, passages: Iterable[str] = ()) -> bool:
+    """Whether ``text`` ends in the same piece of text (``min_chars`` or longer, with two
+    letters or CJK characters) ``repeats`` times in a row, and that run is in no passage: the
+    model is stuck ("资料中回答这个问题的原句是：资料中回答这个问题的原句是：…"). Checked at the
+    end, so a stream can stop as soon as it loops, wherever the last token cut the piece."""
+    text = text.rstrip()
+    if repeats < 2 or min_chars < 1:
+        return False
+    for period in range(min_chars, len(text) // repeats + 1):
+        piece = text[-period:]
+        run = text[-period * repeats :]
+        if run == piece * repeats and len(_WORDY.findall(piece)) >= 2:
+            return not any(run in passage for passage in passages)
+    return False
+
+
 def focused_sentence(question: str, passages: Iterable[str], leave_out: str) -> str | None:
     """The passage sentence sharing most with the question once ``leave_out`` (the subject an
     echoed answer repeated, present everywhere) is removed from both; None without any."""
@@ -379,6 +395,8 @@ def finish(
     list_separator: str = "",
     list_max_chars: int = 0,
     file_names: Iterable[str] = (),
+    loop_min_chars: int = 4,
+    loop_repeats: int = 0,
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
     name, date, number or place) keeps its words, a number gains its unit, the first item of
@@ -391,9 +409,10 @@ def finish(
     far less related to the question than the passages' best sentence gives way to it
     (``checked``). None: the answer has no words and names no list item of the passages, it
     is only a passage's file name (``file_names``), or it only says the question again
-    (``restates``); the caller falls back to the passage itself."""
+    (``restates``), or it loops (``loops``: ``loop_repeats`` times the same text); the caller
+    falls back to the passage itself."""
     passages = list(passages)
-    if names_a_file(answer, file_names):
+    if names_a_file(answer, file_names) or loops(answer, loop_min_chars, loop_repeats, passages):
         return None
     quoted = None
     if short:
@@ -448,4 +467,6 @@ def finish_for(
         list_max_chars=settings.answer_list_max_chars,
         file_names=file_names,
         min_relevance=settings.answer_min_relevance,
+        loop_min_chars=settings.loop_min_chars,
+        loop_repeats=settings.loop_repeats,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,7 +39,7 @@ from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
 from app.rag.passage import Passage
-from app.rag.quote import Section, finish_for, listed
+from app.rag.quote import Section, finish_for, listed, loops
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.rag.search import KnowledgeBaseSearch
 from app.settings.base import SearchMode
@@ -414,6 +415,7 @@ class RagService:
         answer = _AnswerState()
         async for event in self._answer_events(chain, inputs, question, prompts, options, answer):
             yield event
+        stats.cut(llm)  # the counts of a generation stopped early (a loop)
         end = time.perf_counter()
         ttft = (stats.first_token - start) * 1000 if stats.first_token else None
         generation_ms = (
@@ -465,24 +467,31 @@ class RagService:
         docs: list[Document] = []
         quoting = self.settings.quote_answers
         held: list[str] = []
-        async for part in chain.astream(inputs):
-            if "context" in part:
-                docs = part["context"]
-                citations = CitationFilter(len(docs))
-                answer.grounded = bool(docs)
-                answer.refused = not docs and self.settings.no_answer_policy == "refuse"
-                yield RagEvent(
-                    "sources",
-                    sources=[Passage.of(d) for d in docs] if options.return_sources else [],
-                    refused=answer.refused,
-                    grounded=answer.grounded,
-                )
-            elif part.get("answer"):
-                text = gate.feed(citations.feed(part["answer"]))
-                if text and quoting and answer.grounded:
-                    held.append(text)
-                elif text:
-                    yield RagEvent("token", text=text)
+        said = ""  # the model's words so far, to stop a loop (rag.loop_repeats)
+        texts: list[str] = []
+        async with aclosing(chain.astream(inputs)) as parts:
+            async for part in parts:
+                if "context" in part:
+                    docs = part["context"]
+                    texts = [d.page_content for d in docs]
+                    citations = CitationFilter(len(docs))
+                    answer.grounded = bool(docs)
+                    answer.refused = not docs and self.settings.no_answer_policy == "refuse"
+                    yield RagEvent(
+                        "sources",
+                        sources=[Passage.of(d) for d in docs] if options.return_sources else [],
+                        refused=answer.refused,
+                        grounded=answer.grounded,
+                    )
+                elif part.get("answer"):
+                    text = gate.feed(citations.feed(part["answer"]))
+                    if text and quoting and answer.grounded:
+                        held.append(text)
+                    elif text:
+                        yield RagEvent("token", text=text)
+                    said += part["answer"]
+                    if loops(said, self.settings.loop_min_chars, self.settings.loop_repeats, texts):
+                        break  # closing the stream stops the generation
         rest = gate.feed(citations.flush())
         if rest and quoting and answer.grounded:
             held.append(rest)

@@ -208,6 +208,23 @@ class RagSettings(Section):
         description="Longest list a short answer is completed to (characters); a longer one "
         "leaves the answer as it is. 0: never.",
     )
+    loop_min_chars: int = Field(
+        4,
+        ge=1,
+        le=200,
+        description="Shortest text whose back-to-back repeats make an answer a loop (see "
+        "`loop_repeats`).",
+    )
+    loop_repeats: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="An answer that ends in the same text (`loop_min_chars` or longer, with at "
+        "least two letters or CJK characters, not itself in a passage) this many times in a "
+        "row is a loop: generation stops there, and a quoted answer is the first passage's "
+        'best sentence instead (Qwen2.5-Coder-1.5B wrote "资料中回答这个问题的原句是：" until '
+        "`max_tokens` for 3 of 299 cmrc2018-trial questions). 0: never.",
+    )
     list_max_chunks: int = Field(
         40,
         ge=0,

@@ -402,3 +402,35 @@ def test_a_when_question_gets_the_date_with_its_clause(
         answer = _ask(client, "film", "《摄影结束》是什么时候上映的？", max_tokens=32)
         assert answer["answer"] == "2008年12月20日由东宝在日本全国上映"
         assert answer["answer"] in answer["sources"][0]["text"]
+
+
+def test_a_looping_answer_stops_and_gives_way_to_the_passage(
+    shared_server: Any, wait_job: Callable[..., dict]
+) -> None:
+    """rag.loop_repeats through the OpenAI route with a knowledge base: the packaged Qwen
+    0.5B on llama.cpp, told by a system message to write a phrase five times, writes it until
+    max_tokens (as Qwen 1.5B did on its own for 3 of 299 cmrc2018-trial questions): it is
+    stopped after the third repeat, and the user reads the passage's best sentence."""
+    live = shared_server("qwen-llamacpp")
+    system = "Output exactly this, with nothing else: " + "资料中回答这个问题的原句是：" * 5
+    with _client(live) as client:
+        _ingest(client, "loop", {"film.txt": FILM}, wait_job)
+        body = {
+            "model": live.model,
+            "knowledge_base": "loop",
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": "《摄影结束》在东京国际电影节获得了什么？"},
+            ],
+            "max_tokens": 120,
+            "temperature": 0,
+        }
+        looped = client.post("/v1/chat/completions", json=body).json()
+        answer = looped["choices"][0]["message"]["content"]
+        assert "资料中回答" not in answer
+        # the passage's sentence that answers, cited
+        assert answer.endswith("2008年12月20日由东宝在日本全国上映，并在东京国际电影节获得提名。 [1]")
+        # the loop was cut after three repeats, not at max_tokens, and the usage still counts
+        # the prompt and what was generated
+        assert 0 < looped["usage"]["completion_tokens"] < 60
+        assert looped["usage"]["prompt_tokens"] > 100

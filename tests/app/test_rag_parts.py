@@ -748,3 +748,28 @@ def test_the_first_item_of_a_list_becomes_the_list() -> None:
     assert said == "九江推官、西华知县"
     with pytest.raises(ValueError, match="answer_list_separators"):
         load_settings(**{"rag.answer_list_separators": "(unclosed"})
+
+
+def test_an_answer_that_loops_is_told_apart() -> None:
+    """rag.loop_repeats: an answer ending in the same piece (>= loop_min_chars, with words)
+    three times in a row is a loop, wherever the last token cut the piece; finish gives it up
+    (None: the service answers with the passage's best sentence)."""
+    from app.rag.quote import finish_for, loops
+
+    stuck = "资料中回答这个问题的原句是：" * 3
+    assert loops(stuck, 4, 3)
+    assert loops("答案是：" + stuck + "资料中回", 4, 3)  # cut mid-piece by max_tokens
+    assert not loops("资料中回答这个问题的原句是：" * 2, 4, 3)  # twice is not yet a loop
+    assert not loops(stuck, 4, 0)  # off
+    assert not loops("| --- | --- | --- | --- |", 4, 3)  # no words: a table rule
+    assert not loops("哈哈" * 3, 4, 3)  # shorter than loop_min_chars
+    # the passage itself says it three times (a refrain): quoted, not a loop
+    refrain = "歌词是：啦啦啦啦，啦啦啦啦，啦啦啦啦，"
+    assert loops("啦啦啦啦，" * 3, 4, 3)
+    assert not loops("啦啦啦啦，" * 3, 4, 3, [refrain])
+    settings = load_settings().rag
+    passage = "《摄影结束》是日本电影。2008年12月20日在日本上映。"
+    said = finish_for(settings, stuck, "什么时候上映？", [passage], short=False, language="zh")
+    assert said is None
+    off = settings.model_copy(update={"loop_repeats": 0})
+    assert finish_for(off, stuck, "什么时候上映？", [passage], short=False, language="zh") == stuck
