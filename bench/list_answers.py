@@ -37,6 +37,7 @@ from app.main import create_app  # noqa: E402
 from app.services.factory import build_services  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 from ingest.loaders import load, row_marks, row_requirement  # noqa: E402
+from ingest.models import row_lines  # noqa: E402
 from ingest.splitter import Splitter  # noqa: E402
 from tests.conftest import run_server  # noqa: E402
 
@@ -52,9 +53,8 @@ def questions(path: Path, count: int, seed: int) -> list[dict[str, Any]]:
     for chunk in chunks:
         if chunk.rows < 2 or len(chunk.heading_path) < 3:
             continue
-        lines = [line.strip() for line in chunk.text.splitlines() if line.strip()]
         rows = sections.setdefault(tuple(chunk.heading_path[-3:]), [])
-        rows += [r for r in lines[-chunk.rows :] if r not in rows]  # overlapping chunks
+        rows += [r for r in row_lines(chunk.text, chunk.rows) if r not in rows]  # overlaps
     out = []
     for (category, section, point), rows in sections.items():
         for level in LEVELS:

@@ -357,22 +357,15 @@ class SqlCatalog:
     ) -> list[tuple[str, str, dict]]:
         """(chunk id, text, metadata) of a document's chunks in order; only those at positions
         ``first`` to ``last`` (both included) when given."""
-        if first is None and last is None:
-            rows = self._read(
-                "SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND doc_id = ? ORDER BY idx",
-                (kb, doc_id),
-            )
-        else:
-            rows = self._read(
-                "SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND doc_id = ? "
-                "AND idx BETWEEN ? AND ? ORDER BY idx",
-                (
-                    kb,
-                    doc_id,
-                    first if first is not None else 0,
-                    last if last is not None else 2**31,
-                ),
-            )
+        sql = "SELECT chunk_id, text, meta FROM chunks WHERE kb = ? AND doc_id = ?"
+        params: list[object] = [kb, doc_id]
+        if first is not None:
+            sql += " AND idx >= ?"
+            params.append(first)
+        if last is not None:
+            sql += " AND idx <= ?"
+            params.append(last)
+        rows = self._read(sql + " ORDER BY idx", tuple(params))
         return [(r["chunk_id"], r["text"], json.loads(r["meta"])) for r in rows]
 
     def chunks_by_id(self, kb: str, ids: list[str]) -> dict[str, tuple[str, dict]]:

@@ -32,6 +32,15 @@ class Chunk:
     rows: int = 0
 
 
+def row_lines(text: str, rows: int) -> list[str]:
+    """The table rows a chunk's text ends with (``Chunk.rows`` of them, one per line, blank
+    lines aside); [] when it has none."""
+    if rows <= 0:
+        return []
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-rows:]
+
+
 def with_headings(text: str, heading_path: list[str]) -> str:
     """A chunk's text under its heading path ("a > b" on the line above): what search indexes
     (``ingest.index_headings``) and what the relevance gate's coverage reads."""

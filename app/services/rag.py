@@ -44,6 +44,7 @@ from app.rag.retriever import KnowledgeBaseRetriever
 from app.rag.search import KnowledgeBaseSearch
 from app.settings.base import SearchMode
 from app.settings.rag import RagSettings
+from ingest.models import row_lines
 
 if TYPE_CHECKING:
     from app.rag.reranker import CrossEncoderReranker
@@ -168,10 +169,7 @@ def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> lis
             last += 1
         rows: list[str] = []
         for _, text, chunk in window[first : last + 1]:
-            count = int(chunk.get("rows") or 0)
-            if count:
-                lines = [line.strip() for line in text.splitlines() if line.strip()]
-                rows += [row for row in lines[-count:] if row not in rows]
+            rows += [row for row in row_lines(text, int(chunk.get("rows") or 0)) if row not in rows]
         sections.append(Section(path, rows))
     return sections
 
