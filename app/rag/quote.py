@@ -141,6 +141,17 @@ def restates(answer: str, question: str) -> bool:
     )
 
 
+def source_says(answer: str, question: str, passages: Iterable[str]) -> bool:
+    """Whether the answer is the passages' own words (end punctuation aside) and has every
+    word of the question: the question is a statement of the source with a question mark
+    ("应设置机房防盗报警系统或设置有专人值守的视频监控系统？", a requirement row asked about),
+    and that statement is its answer, not a restatement to give up on."""
+    core = answer.strip().rstrip("。.，,；;？?！!")
+    return (
+        bool(core) and adds_nothing(question, core) and any(core in passage for passage in passages)
+    )
+
+
 def adds_nothing(sentence: str, question: str) -> bool:
     """Whether every character and word of ``sentence`` is in the question ("降居顺成宫。" for
     "元皇后为什么被降居顺成宫？"): it restates what was asked and answers nothing."""
@@ -409,8 +420,8 @@ def finish(
     far less related to the question than the passages' best sentence gives way to it
     (``checked``). None: the answer has no words and names no list item of the passages, it
     is only a passage's file name (``file_names``), or it only says the question again
-    (``restates``), or it loops (``loops``: ``loop_repeats`` times the same text); the caller
-    falls back to the passage itself."""
+    (``restates``; unless the passages say it: ``source_says``), or it loops (``loops``:
+    ``loop_repeats`` times the same text); the caller falls back to the passage itself."""
     passages = list(passages)
     if names_a_file(answer, file_names) or loops(answer, loop_min_chars, loop_repeats, passages):
         return None
@@ -432,7 +443,7 @@ def finish(
             found = focused_sentence(question, passages, said.strip().strip("《》“”\"'「」。.# "))
             if found:
                 return found
-    if restates(result, question):
+    if restates(result, question) and not source_says(result, question, passages):
         return None
     if short or quoted is None:
         return result

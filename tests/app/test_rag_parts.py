@@ -536,7 +536,7 @@ def test_an_answer_that_only_names_a_source_file_is_no_answer() -> None:
 
 
 def test_an_answer_that_says_the_question_again_is_no_answer() -> None:
-    from app.rag.quote import finish, restates
+    from app.rag.quote import finish, restates, source_says
 
     question = "第三级系统的访问控制有哪些要求？"
     assert restates(question, question) and restates("访问控制有哪些要求", question)
@@ -546,6 +546,19 @@ def test_an_answer_that_says_the_question_again_is_no_answer() -> None:
     passage = "应对登录的用户分配账户和权限。（适用等级：三级）"
     for short in (True, False):
         assert finish(question, question, [passage], short=short, **kwargs) is None
+    # a question that is a statement of the source ("…？" after a requirement row): the row
+    # the model copies is the answer, though it says what the question says
+    row = "应设置机房防盗报警系统或设置有专人值守的视频监控系统。"
+    asked = row.rstrip("。") + "？"
+    rows = [row + "（适用等级：三级、四级）\n应将设备或主要部件进行固定。"]
+    for short in (True, False):
+        assert finish(row, asked, rows, short=short, **kwargs) == row
+    assert source_says(row, asked, rows)
+    # ... not a title line that names the subject of the question only, nor words of the
+    # question that the passages do not have
+    titled = ["蓝线裸顶鲷\n本鱼栖息在岩礁附近。"]
+    assert not source_says("蓝线裸顶鲷", "蓝线裸顶鲷以什么为食？", titled)
+    assert not source_says(row, asked, ["应将设备或主要部件进行固定。"])
     # an echoed subject still becomes the sentence that answers it
     fish = "蓝线裸顶鲷栖息在岩礁附近，以甲壳类和小鱼为食。"
     said = finish("蓝线裸顶鲷", "蓝线裸顶鲷以什么为食？", [fish], short=True, **kwargs)
