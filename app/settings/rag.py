@@ -79,7 +79,12 @@ SHORT_ANSWER_EN = (
 )
 # Questions that ask for a list ("有哪些要求"): the answer is every row of the table section
 # the model's answer comes from (rag.list_answer_zh / _en).
-LIST_ANSWER_ZH = r"哪些|哪几(?:条|项|种|个方面)|列出|列举|包括什么|包含什么|有什么要求"
+# Questions that ask for a list of items ("有哪些要求", "包括哪些？"), not for the one thing
+# of a kind ("哪些部门或人员定期进行维护管理？" is answered by one requirement row).
+LIST_ANSWER_ZH = (
+    r"哪些(?:要求|条|项|内容|方面|措施|规定|控制点)|(?:有|包括|包含|是)哪些[？?]?$|要求有哪些|"
+    r"哪几(?:条|项|种|个方面)|列出|列举|包括什么|包含什么|有什么要求"
+)
 LIST_ANSWER_EN = r"(?i)^\s*(?:what|which)\s+(?:are|were)\b|\blist\b"
 PROMPT_ZH_CITE = (
     "请只根据下面编号的资料回答问题。回答时用 [1]、[2] 这样的编号标明依据的资料。"
@@ -136,9 +141,10 @@ class RagSettings(Section):
     list_answer_zh: str = Field(
         LIST_ANSWER_ZH,
         description="Regular expression: a Chinese question it matches (searched anywhere) asks "
-        'for a list (and gets no short answer: "包括哪几项" wants the items). When its answer '
-        "is a row of a table section (a requirement table's control point), the answer is all "
-        "of that section's rows, in the document's order; only those whose marks "
+        'for a list (and gets no short answer: "包括哪几项" wants the items): the default takes '
+        '"有哪些要求", "哪些措施", "包括哪些？", not "哪些部门…" (one row names them). When its '
+        "answer is a row of a table section (a requirement table's control point), the answer "
+        "is all of that section's rows, in the document's order; only those whose marks "
         '("（适用等级：三级、四级）") name what the question names ("第三级"), when it names '
         "one. Empty: never.",
     )

@@ -429,7 +429,8 @@ def test_a_looping_answer_stops_and_gives_way_to_the_passage(
         answer = looped["choices"][0]["message"]["content"]
         assert "资料中回答" not in answer
         # the passage's sentence that answers, cited
-        assert answer.endswith("2008年12月20日由东宝在日本全国上映，并在东京国际电影节获得提名。 [1]")
+        said = "2008年12月20日由东宝在日本全国上映，并在东京国际电影节获得提名。"
+        assert answer.endswith(said + " [1]")
         # the loop was cut after three repeats, not at max_tokens, and the usage still counts
         # the prompt and what was generated
         assert 0 < looped["usage"]["completion_tokens"] < 60
