@@ -77,10 +77,10 @@ SHORT_ANSWER_EN = (
     r"(?i)^\s*(who|whom|when|where|which|what year|"
     r"how (many|much|long|old|tall|high|far|big|large))\b"
 )
-# Questions that ask for a list ("有哪些要求"): the answer is every row of the table section
-# the model's answer comes from (rag.list_answer_zh / _en).
-# Questions that ask for a list of items ("有哪些要求", "包括哪些？"), not for the one thing
-# of a kind ("哪些部门或人员定期进行维护管理？" is answered by one requirement row).
+# Questions that ask for a list of items ("有哪些要求", "包括哪些？"): the answer is every row
+# of the table section the question names or the model's answer comes from
+# (rag.list_answer_zh / _en). Not a question for the one thing of a kind:
+# "哪些部门或人员定期进行维护管理？" is answered by one requirement row.
 LIST_ANSWER_ZH = (
     r"哪些(?:要求|条|项|内容|方面|措施|规定|控制点)|(?:有|包括|包含|是)哪些[？?]?$|要求有哪些|"
     r"哪几(?:条|项|种|个方面)|列出|列举|包括什么|包含什么|有什么要求"
