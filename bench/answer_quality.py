@@ -86,6 +86,14 @@ def build_kb(data: Path, out: Path, held_out: int) -> tuple[list[dict], list[dic
     return on, off
 
 
+def draw(on: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` questions in a fixed-seed order of all of them, skipping the set's two empty ones.
+    The order's first 300 are ``random.Random(seed).sample(on, 300)``: earlier releases drew
+    that and dropped the empty question among them (299 questions); now it is 300."""
+    ordered = random.Random(seed).sample(on, len(on))
+    return [q for q in ordered if q["question"].strip()][:n]
+
+
 def ask(client: httpx.Client, question: str) -> tuple[dict[str, Any], float]:
     start = time.perf_counter()
     response = client.post(
@@ -104,8 +112,7 @@ def run_model(args: argparse.Namespace, on: list[dict], off: list[dict]) -> dict
         for line in path.read_text().splitlines():
             row = json.loads(line)
             done[(row["kind"], row["id"], row["repeat"])] = row
-    sample = random.Random(args.seed).sample(on, min(args.questions, len(on)))
-    sample = [q for q in sample if q["question"].strip()]  # the set has an empty question
+    sample = draw(on, args.questions, args.seed)
     jobs = [("on", q, r) for r in range(args.repeats) for q in sample[: args.repeat_questions]]
     jobs = [("on", q, 0) for q in sample[args.repeat_questions :]] + jobs
     off = off[: args.off_topic] if args.off_topic is not None else off
@@ -183,8 +190,7 @@ def finish_rows(args: argparse.Namespace, on: list[dict], off: list[dict]) -> di
                 )
             done[(row["kind"], row["id"], row["repeat"])] = row
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-    sample = random.Random(args.seed).sample(on, min(args.questions, len(on)))
-    sample = [q for q in sample if q["question"].strip()]
+    sample = draw(on, args.questions, args.seed)
     off = [q for q in off if ("off", q["id"], 0) in done]
     return summarize(args, sample, off, done, out)
 
