@@ -402,6 +402,7 @@ class RagService:
             no_answer_policy=self.settings.no_answer_policy,
             timings=timings,
             passage_max_chars=self.settings.passage_max_chars,
+            first_passage_max_chars=self.settings.first_passage_max_chars,
         )
         inputs = {
             "input": question,
