@@ -109,8 +109,10 @@ def test_the_first_passage_gets_its_own_cut(models_dir: Path, tmp_path: Path) ->
 
         return asyncio.run(run())
 
-    same_first, same_other = prompt_text()
+    same_first, same_other = prompt_text(**{"rag.first_passage_max_chars": 120})
     assert len(same_first) <= 120 and len(same_other) <= 120
+    default_first, default_other = prompt_text()  # the default: 500 for the first
+    assert default_first == first.strip() and default_other == same_other
     wide_first, wide_other = prompt_text(**{"rag.first_passage_max_chars": 0})
     assert wide_first == first.strip() and wide_other == same_other
     cut_first, _ = prompt_text(**{"rag.first_passage_max_chars": 200})
