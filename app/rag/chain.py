@@ -189,7 +189,7 @@ def build_rag_chain(
     no_answer_policy: Literal["refuse", "fallback"],
     timings: ChainTimings | None = None,
     passage_max_chars: int = 0,
-    first_passage_max_chars: int | None = None,
+    first_passage_max_chars: int = 0,
 ) -> Runnable:
     """The chain for one request. Input keys: ``input`` and ``question`` (the question as
     asked), ``query`` (the question with earlier ones in front: retrieval's second try),
@@ -218,9 +218,10 @@ def build_rag_chain(
             docs = await retriever.ainvoke(inputs["query"])
         fitted = time.perf_counter()
         timings.retrieval_ms = (fitted - start) * 1000
-        first = passage_max_chars if first_passage_max_chars is None else first_passage_max_chars
         docs = [
-            focused(doc, inputs["input"], first if index == 0 else passage_max_chars)
+            focused(
+                doc, inputs["input"], first_passage_max_chars if index == 0 else passage_max_chars
+            )
             for index, doc in enumerate(docs)
         ]
         # numbered before fitting (the count sees the text as sent); the kept passages are a
