@@ -391,6 +391,21 @@ class SqlCatalog:
             ).fetchall()
         return version, [r["chunk_id"] for r in rows], [r["tokens"].split(" ") for r in rows]
 
+    def all_texts(self, kb: str, limit: int | None = None) -> tuple[int, list[str]]:
+        """(version, chunk texts) of a KB, read in one transaction; with ``limit``, at most
+        that many, the same ones every time (by chunk id: whole documents, in the order of
+        their content hashes, a sample that favours none)."""
+        with self.snapshot() as db:
+            row = db.execute("SELECT version FROM kbs WHERE name = ?", (kb,)).fetchone()
+            version = int(row["version"]) if row else -1
+            sql = "SELECT text FROM chunks WHERE kb = ? ORDER BY chunk_id"
+            params: tuple[object, ...] = (kb,)
+            if limit is not None:
+                sql += " LIMIT ?"
+                params = (kb, limit)
+            rows = db.execute(sql, params).fetchall()
+        return version, [r["text"] for r in rows]
+
     # jobs ------------------------------------------------------------------------------
     def enqueue(self, kb: str, doc_id: str, filename: str) -> Job:
         job_id = "job-" + uuid.uuid4().hex[:20]

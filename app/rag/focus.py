@@ -10,9 +10,10 @@ was left out.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
+from collections import Counter
+from collections.abc import Iterable
 
 from ingest.splitter import split_sentences
 
@@ -25,9 +26,11 @@ _ASIDE = re.compile(r"^\s*[（(][^（）()]*[）)]\s*$")
 
 
 def _features(text: str) -> set[str]:
-    chars = [c for c in text if _CJK.match(c) and c not in _STOP]
-    grams = {a + b for a, b in itertools.pairwise(chars)}
-    return grams | set(chars) | {w.lower() for w in _WORD.findall(text)}
+    chars = [c for c in _CJK.findall(text) if c not in _STOP]
+    terms = set(map(str.__add__, chars, chars[1:]))  # bigrams of the kept characters
+    terms.update(chars)
+    terms.update(w.lower() for w in _WORD.findall(text))
+    return terms
 
 
 def _weight(feature: str) -> float:
@@ -59,11 +62,41 @@ class DistinctiveRelevance:
         return sum(self.weight.get(t, 0.0) for t in _features(text) & self.terms)
 
 
-def coverage(text: str, question: str) -> float:
-    """The share of the question's terms (weighted as in ``relevance``) that ``text`` has;
-    1.0 for a question without terms."""
-    whole = relevance(question, question)
-    return relevance(text, question) / whole if whole else 1.0
+class TermRarity:
+    """How rare each term (a CJK character or bigram, or a word) is among a knowledge base's
+    chunks: BM25's inverse document frequency ``log(1 + (n - df + 0.5) / (df + 0.5))``, ``df``
+    of the chunks having the term, times the bigram's double weight. A term in no chunk weighs
+    most, one in every chunk least: "神学院" tells a seminary from a school that "学院" and
+    "位于" do not. ``n`` is the chunks counted plus ``prior_chunks`` imagined ones without the
+    term: in a KB of a few chunks on one topic, every term would otherwise be in all of them
+    or in none, and the name asked about, in every chunk, would weigh nothing."""
+
+    def __init__(self, texts: Iterable[str], prior_chunks: int = 0) -> None:
+        self.chunks = 0
+        self.prior_chunks = prior_chunks
+        self.frequency: Counter[str] = Counter()
+        for text in texts:
+            self.chunks += 1
+            self.frequency.update(_features(text))
+
+    def weight(self, term: str) -> float:
+        df = self.frequency.get(term, 0)
+        n = self.chunks + self.prior_chunks
+        return _weight(term) * math.log(1 + (n - df + 0.5) / (df + 0.5))
+
+
+def coverage(text: str, question: str, rarity: TermRarity | None = None) -> float:
+    """The share of the question's terms that ``text`` has: weighted as in ``relevance``, or,
+    with ``rarity``, by how rare each term is in the knowledge base (a passage on a
+    neighbouring topic shares the common terms, not the name asked about); 1.0 for a question
+    without terms."""
+    if rarity is None:
+        whole = relevance(question, question)
+        return relevance(text, question) / whole if whole else 1.0
+    terms = _features(question)
+    whole = sum(rarity.weight(t) for t in terms)
+    shared = sum(rarity.weight(t) for t in terms & _features(text))
+    return shared / whole if whole else 1.0
 
 
 def sentences_of(text: str) -> list[str]:

@@ -4,9 +4,11 @@ Dense, keyword or hybrid search over one or more knowledge bases (each searched 
 ``app.rag.search``, merged by score), then optionally reranked by a cross-encoder, then the
 relevance gate: a passage is kept only when its dense similarity reaches ``min_dense_score``
 or its keyword score reaches ``min_keyword_score``, and it has (with its heading path) at
-least ``min_coverage`` of the question's terms (a passage on a neighbouring topic scores high
-on both, yet lacks the name the question asks about). An empty result means "nothing in the
-knowledge bases answers this": the chain then refuses (or falls back) without the LLM.
+least ``min_coverage`` of the question's terms, each weighted by how rare it is among the
+knowledge base's chunks (a passage on a neighbouring topic scores high on both, and shares
+the question's common terms, yet lacks the name the question asks about). An empty result
+means "nothing in the knowledge bases answers this": the chain then refuses (or falls back)
+without the LLM.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
-from app.rag.focus import coverage
+from app.rag.focus import TermRarity, coverage
 from app.rag.reranker import CrossEncoderReranker
 from app.rag.search import KnowledgeBaseSearch
 from app.settings.base import SearchMode
@@ -41,15 +43,17 @@ def relevant(
     min_dense_score: float = 0.0,
     min_keyword_score: float = 0.0,
     min_coverage: float = 0.0,
+    rarity: TermRarity | None = None,
 ) -> bool:
-    """The relevance gate (all thresholds 0: every passage passes)."""
+    """The relevance gate (all thresholds 0: every passage passes); ``rarity`` weighs the
+    coverage's terms by how rare they are in the knowledge base (None: as ``relevance``)."""
     if min_coverage > 0:
         # a retry's query is the earlier question(s) and this one, a line each: the passage
         # must cover one of them
         lines = [line for line in query.splitlines() if line.strip()] or [query]
         # the headings above the passage count: search indexed them with it
         text = with_headings(doc.page_content, list(doc.metadata.get("heading_path") or []))
-        if max(coverage(text, line) for line in lines) < min_coverage:
+        if max(coverage(text, line, rarity) for line in lines) < min_coverage:
             return False
     if min_dense_score <= 0 and min_keyword_score <= 0:
         return True
@@ -73,6 +77,9 @@ class KnowledgeBaseRetriever(BaseRetriever):
     min_dense_score: float = Field(0.0, ge=0, le=1)
     min_keyword_score: float = Field(0.0, ge=0, le=1)
     min_coverage: float = Field(0.0, ge=0, le=1)
+    coverage_by_rarity: bool = True
+    rarity_max_chunks: int = Field(20000, ge=1)
+    rarity_prior_chunks: int = Field(100, ge=0)
     reranker: CrossEncoderReranker | None = None
     rerank_candidates: int = Field(20, ge=1)
 
@@ -84,6 +91,13 @@ class KnowledgeBaseRetriever(BaseRetriever):
             min_dense_score=self.min_dense_score,
             min_keyword_score=self.min_keyword_score,
             min_coverage=self.min_coverage,
+            rarity=(
+                self.search.rarity(
+                    doc.metadata["kb"], self.rarity_max_chunks, self.rarity_prior_chunks
+                )
+                if self.coverage_by_rarity and self.min_coverage > 0 and "kb" in doc.metadata
+                else None
+            ),
         )
 
     def _get_relevant_documents(

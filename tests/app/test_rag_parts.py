@@ -482,6 +482,77 @@ def test_relevance_gate_needs_the_question_terms() -> None:
     assert relevant(near, question)  # no thresholds: every passage passes
 
 
+def test_the_gate_weighs_the_question_terms_by_their_rarity(tmp_path: Path) -> None:
+    """``rag.coverage_by_rarity``: a passage on a neighbouring topic shares the question's
+    common terms ("基督教", "学院", "位于"), not its rare one ("神学"): counted flat it passes
+    the coverage part of the gate, weighted by rarity among the KB's chunks it does not, while
+    the passage that answers still does. The counts follow the KB: an upload recounts them."""
+    from app.rag.focus import TermRarity, coverage
+    from app.rag.retriever import KnowledgeBaseRetriever
+    from app.rag.search import KnowledgeBaseSearch
+    from ingest.service import KnowledgeBaseService
+
+    docs = {
+        "gongli.txt": "中华基督教会公理高中书院\n中华基督教会公理高中书院是一间位于香港铜锣湾的"
+        "直资中学，由中华基督教会香港区会开办。",
+        "shengbao.txt": "圣保罗书院\n圣保罗书院是一间位于香港薄扶林的男子中学，创校于1851年。",
+        "lingnan.txt": "岭南大学\n岭南大学是一所位于香港屯门的公立大学，前身为广州的岭南学堂。",
+        "huaren.txt": "华仁书院\n华仁书院是一间位于香港湾仔的天主教男子中学，由耶稣会开办。",
+        "chongji.txt": "崇基学院\n崇基学院是香港中文大学的成员书院，位于沙田马料水。",
+    }
+    settings = load_settings(**{"data_dir": tmp_path / "data", "ingest.workers": 0})
+    kb = KnowledgeBaseService.from_settings(settings)
+    try:
+        kb.create_kb("k")
+        for name, text in docs.items():
+            kb.upload("k", name, text.encode())
+        kb.pipeline.run_pending(max_jobs=10)
+        search = KnowledgeBaseSearch(kb)
+        # the coverage part alone (no dense or keyword threshold), every passage searched
+        weighted = KnowledgeBaseRetriever(
+            search=search,
+            knowledge_bases=["k"],
+            top_k=10,
+            min_coverage=0.35,
+            rarity_prior_chunks=0,  # five chunks: counted as they are (the prior: below)
+        )
+        flat = weighted.model_copy(update={"coverage_by_rarity": False, "min_coverage": 0.45})
+        off_topic = "基督教神学院位于哪里？"
+        assert [d.metadata["filename"] for d in flat.invoke(off_topic)] == ["gongli.txt"]
+        assert weighted.invoke(off_topic) == []
+        on_topic = "圣保罗书院位于哪里？"
+        assert [d.metadata["filename"] for d in weighted.invoke(on_topic)] == ["shengbao.txt"]
+        assert search.rarity("k").frequency["神学"] == 0
+        seminary = "中华基督教神学院\n中华基督教神学院是一间位于香港九龙的神学院。"
+        kb.upload("k", "shenxue.txt", seminary.encode())
+        kb.pipeline.run_pending(max_jobs=10)
+        assert search.rarity("k").frequency["神学"] == 1 and search.rarity("k").chunks == 6
+        # the seminary answers; the school still does not
+        assert [d.metadata["filename"] for d in weighted.invoke(off_topic)] == ["shenxue.txt"]
+        # the count is bounded: at most this many chunks, the same ones each time
+        sample = search.rarity("k", max_chunks=2)
+        assert (
+            sample.chunks == 2
+            and sample.frequency == KnowledgeBaseSearch(kb).rarity("k", 2).frequency
+        )
+    finally:
+        kb.close()
+    # a KB of a few chunks on one topic (a requirement table's rows under their headings):
+    # the terms asked about are in all of them, so counted as they are they weigh nothing
+    # and the passages that answer fail; the prior's imagined chunks
+    # (rag.rarity_prior_chunks) give them back their weight
+    path = "安全通用要求 > 安全计算环境 > 访问控制"
+    rows = [
+        "应对登录的用户分配账户和权限。",
+        "应重命名或删除默认账户。",
+        "应由授权主体配置访问控制策略。",
+    ]
+    chunks = [f"{path}\n{row}（适用等级：三级、四级）" for row in rows]
+    question = "第三级系统的访问控制有哪些要求？"
+    assert coverage(chunks[0], question, TermRarity(chunks, prior_chunks=0)) < 0.1
+    assert coverage(chunks[0], question, TermRarity(chunks, prior_chunks=100)) >= 0.35
+
+
 def test_a_copied_neighbour_sentence_gives_way_to_the_one_that_answers() -> None:
     from app.rag.focus import DistinctiveRelevance
     from app.rag.quote import checked, finish

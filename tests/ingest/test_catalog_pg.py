@@ -70,6 +70,10 @@ def test_catalog_queries_on_both_databases(catalog: SqlCatalog) -> None:
     version, ids, tokens = catalog.all_tokens("kb")
     assert (version, ids) == (1, ["d1:0", "d1:1", "d1:2"])  # in insertion order
     assert tokens[2] == ["tok2", "common"]
+    # the texts the relevance gate counts term rarity over: all, or the same first ones
+    assert catalog.all_texts("kb") == (1, ["text 0", "text 1", "text 2"])
+    assert catalog.all_texts("kb", limit=2) == (1, ["text 0", "text 1"])
+    assert catalog.all_texts("nope") == (-1, [])
     assert catalog.chunks_of("kb", "d1")[1] == ("d1:1", "text 1", rows[1][3])
     # by position (a list answer's table section around its passage)
     assert [c[0] for c in catalog.chunks_of("kb", "d1", 1, 5)] == ["d1:1", "d1:2"]
