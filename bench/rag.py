@@ -6,8 +6,10 @@
    default top_k (overhead / (ttft - overhead)).
 2. ``--calibrate``: the relevance gate. On-topic questions (their passage is in the KB) and
    off-topic ones (cmrc questions whose passage is left out of the KB, and English questions
-   from ARAGOG when present): share kept / refused for a grid of
-   (rag.min_dense_score, rag.min_keyword_score).
+   from ARAGOG when present, and every on-topic question again with its own file left out of
+   the search and the term counts): share kept / refused for a grid of
+   (rag.min_dense_score, rag.min_keyword_score, rag.min_question_coverage), coverage counted
+   flat and by rarity (rag.coverage_by_rarity).
 
     .venv/bin/python bench/rag.py [../shared/data] [--questions 20] [--calibrate]
 """
@@ -174,6 +176,8 @@ def calibrate(
     dense, keyword = search.dense, search.keyword
 
     def without(hits: list[tuple[str, float]], k: int) -> list[tuple[str, float]]:
+        if left_out["file"] is None:
+            return hits[:k]
         rows = kb.catalog.chunks_by_id("cmrc", [c for c, _ in hits])
         return [
             (c, s) for c, s in hits if c in rows and rows[c][1]["filename"] != left_out["file"]
