@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from ingest.catalog import SqlCatalog
+from ingest.versioned import PerKbCache
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +60,20 @@ class KeywordIndex:
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build
         self.catalog = catalog
         self.tokenizer = tokenizer
-        self._cache: dict[str, tuple[int, list[str], Any]] = {}
-        self._lock = threading.Lock()
+        self._cache: PerKbCache[tuple[list[str], Any]] = PerKbCache(catalog.kb_version)
 
     def _index(self, kb: str) -> tuple[list[str], Any]:
-        version = self.catalog.kb_version(kb)
-        cached = self._cache.get(kb)
-        if cached is not None and cached[0] == version:
-            return cached[1], cached[2]
-        with self._lock:
-            cached = self._cache.get(kb)
-            if cached is not None and cached[0] == version:
-                return cached[1], cached[2]
-            version, ids, corpus = self.catalog.all_tokens(kb)
-            retriever = None
-            if ids:
-                import bm25s
+        return self._cache.get(kb, None, lambda: self._build(kb))
 
-                retriever = bm25s.BM25()
-                retriever.index([t if t != [""] else [] for t in corpus], show_progress=False)
-            self._cache[kb] = (version, ids, retriever)
-            return ids, retriever
+    def _build(self, kb: str) -> tuple[int, tuple[list[str], Any]]:
+        version, ids, corpus = self.catalog.all_tokens(kb)
+        retriever = None
+        if ids:
+            import bm25s
+
+            retriever = bm25s.BM25()
+            retriever.index([t if t != [""] else [] for t in corpus], show_progress=False)
+        return version, (ids, retriever)
 
     def search(self, kb: str, query: str, k: int) -> list[tuple[str, float]]:
         """(chunk id, BM25 score) best first; only chunks sharing a token with the query."""
@@ -103,5 +97,4 @@ class KeywordIndex:
             logger.exception("event=keyword_warm_failed kb=%s", kb)
 
     def forget(self, kb: str) -> None:
-        with self._lock:
-            self._cache.pop(kb, None)
+        self._cache.forget(kb)

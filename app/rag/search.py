@@ -16,13 +16,12 @@ Score scale (one 0-1 scale, higher = more relevant):
 
 from __future__ import annotations
 
-import threading
-
 from app.rag.focus import TermRarity
 from app.settings.base import SearchMode
 from ingest.errors import InvalidNameError
 from ingest.models import SearchHit
 from ingest.service import KnowledgeBaseService
+from ingest.versioned import PerKbCache
 
 MODES: tuple[SearchMode, ...] = ("dense", "keyword", "hybrid")
 
@@ -33,26 +32,20 @@ class KnowledgeBaseSearch:
     def __init__(self, kb: KnowledgeBaseService) -> None:
         self.kb = kb
         self.settings = kb.retrieval
-        self._rarity: dict[tuple[str, int, int], tuple[int, TermRarity]] = {}
-        self._rarity_lock = threading.Lock()
+        self._rarity: PerKbCache[TermRarity] = PerKbCache(kb.catalog.kb_version)
 
     def rarity(self, kb: str, max_chunks: int = 20000, prior_chunks: int = 100) -> TermRarity:
         """How rare each term is among ``kb``'s chunks (the relevance gate's coverage weights),
-        counted once per change of the KB (its version number), like the keyword index, over
-        at most ``max_chunks`` of them (``all_texts``' sample: the count's time is bounded,
+        counted once per change of the KB (its version number), like the keyword index (one
+        count at a time per KB; a deleted KB's counts are dropped), over at most
+        ``max_chunks`` of them (``all_texts``' sample: the count's time is bounded,
         ~0.1-0.2 ms a chunk on 2 cores); ``prior_chunks``: see ``TermRarity``."""
-        version = self.kb.catalog.kb_version(kb)
-        cached = self._rarity.get((kb, max_chunks, prior_chunks))
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        with self._rarity_lock:
-            cached = self._rarity.get((kb, max_chunks, prior_chunks))
-            if cached is not None and cached[0] == version:
-                return cached[1]
+
+        def build() -> tuple[int, TermRarity]:
             version, texts = self.kb.catalog.all_texts(kb, max_chunks)
-            rarity = TermRarity(texts, prior_chunks)
-            self._rarity[(kb, max_chunks, prior_chunks)] = (version, rarity)
-            return rarity
+            return version, TermRarity(texts, prior_chunks)
+
+        return self._rarity.get(kb, (max_chunks, prior_chunks), build)
 
     @property
     def default_mode(self) -> SearchMode:

@@ -452,12 +452,17 @@ def test_service_on_a_chroma_server_keeps_headings_and_pages(
 def test_keyword_index_is_built_before_the_job_succeeds(service: KnowledgeBaseService) -> None:
     service.create_kb("warm")
     _ingest(service, "warm", "a.txt", DOC_A.encode())
-    cached = service.keyword._cache["warm"]
-    assert cached[0] == service.catalog.kb_version("warm") and cached[2] is not None
+
+    def built() -> tuple[int, tuple]:
+        cached = service.keyword._cache.peek("warm", None)
+        assert cached is not None
+        return cached
+
+    assert built()[0] == service.catalog.kb_version("warm") and built()[1][1] is not None
     doc_b = _ingest(service, "warm", "b.txt", DOC_B.encode())
-    assert service.keyword._cache["warm"][0] == service.catalog.kb_version("warm")
+    assert built()[0] == service.catalog.kb_version("warm")
     service.delete_document("warm", doc_b)
-    assert service.keyword._cache["warm"][0] == service.catalog.kb_version("warm")
+    assert built()[0] == service.catalog.kb_version("warm")
     assert KnowledgeBaseSearch(service).search("warm", "身份鉴别", mode="keyword") == []
 
 
