@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.main import create_app  # noqa: E402
 from app.rag.chain import Prompts, question_language  # noqa: E402
-from app.rag.quote import finish_for  # noqa: E402
+from app.rag.quote import candidates, clauses_of, finish_for, lines_of  # noqa: E402
 from app.services.factory import build_services  # noqa: E402
 from app.services.rag import extractive_answer  # noqa: E402
 from app.settings import load_settings  # noqa: E402
@@ -84,6 +84,39 @@ def build_kb(data: Path, out: Path, held_out: int) -> tuple[list[dict], list[dic
         lines = aragog.read_text().splitlines()
         off += [{**json.loads(line), "lang": "en"} for line in lines if line][:50]
     return on, off
+
+
+def granularity_ceiling(rows: list[dict]) -> dict[str, float]:
+    """Contains and F1 of two answers no reader writes, from each row's passages as sent: the
+    passage sentence holding a gold answer (with the next one when it runs over) and the
+    shortest run of clauses holding it (``clauses_of``); "" when the passages hold none. An
+    exactly right sentence is the most a sentence-quoting answer can be: where its F1 is below
+    the target, only answers shorter than a sentence reach it."""
+    sentence, clause = [], []
+    for row in rows:
+        passages = row["passages"] or []
+        text = "".join(passages)
+        gold = next((a for a in row["answers"] if a and a in text), "")
+        by_sentence = next(
+            (c for n in (1, 2) for p in passages for c in candidates(p, n) if gold in c), ""
+        )
+        by_clause = ""
+        for line in lines_of(passages):
+            at = line.find(gold)
+            if gold and at >= 0:
+                spans = clauses_of(line)
+                start = max((a for a, _ in spans if a <= at), default=0)
+                end = min((b for _, b in spans if b >= at + len(gold)), default=len(line))
+                by_clause = line[start:end]
+                break
+        sentence.append(score_answer(by_sentence, row["answers"], "zh"))
+        clause.append(score_answer(by_clause, row["answers"], "zh"))
+    return {
+        "sentence_contains": float(np.mean([s["contains"] for s in sentence])),
+        "sentence_f1": float(np.mean([s["f1"] for s in sentence])),
+        "clause_contains": float(np.mean([s["contains"] for s in clause])),
+        "clause_f1": float(np.mean([s["f1"] for s in clause])),
+    }
 
 
 def draw(on: list[dict], n: int, seed: int) -> list[dict]:
@@ -230,6 +263,12 @@ def summarize(
         "latency_p50_s": float(np.percentile(seconds, 50)),
         "latency_p95_s": float(np.percentile(seconds, 95)),
         "gold_in_sources": float(np.mean([r["gold"] in r["sources"] for r in first])),
+        "gold_in_prompt": float(
+            np.mean([any(a in "".join(r["passages"]) for a in r["answers"]) for r in first])
+        ),
+        # the most a right answer of a sentence or a clause run scores (the metric's ceiling
+        # for answers of that length)
+        "ceiling": granularity_ceiling(first),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
