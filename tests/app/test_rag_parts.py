@@ -553,6 +553,46 @@ def test_the_gate_weighs_the_question_terms_by_their_rarity(tmp_path: Path) -> N
     assert coverage(chunks[0], question, TermRarity(chunks, prior_chunks=100)) >= 0.35
 
 
+def test_passages_of_equal_score_go_in_order_of_how_much_of_the_question_they_cover(
+    tmp_path: Path,
+) -> None:
+    """Fusion gives a document's two chunks the same score when one search ranks them 1st and
+    2nd and the other 2nd and 1st: the one that covers more of the question goes first (the
+    model reads the first passage most, and it gets the longest cut); other passages stay in
+    score order whatever they cover."""
+    from app.rag.retriever import KnowledgeBaseRetriever, question_coverage
+    from app.rag.search import KnowledgeBaseSearch
+    from ingest.service import KnowledgeBaseService
+
+    head = "牛佬\n牛佬是香港漫画家，1961年出生，作品以讽刺社会著称。"
+    tail = "牛佬原名文启明，1980年代开始画漫画。"
+    settings = load_settings(**{"data_dir": tmp_path / "data", "ingest.workers": 0})
+    kb = KnowledgeBaseService.from_settings(settings)
+    try:
+        kb.create_kb("k")
+        kb.upload("k", "niulao.txt", f"{head}\n{tail}".encode())
+        kb.upload("k", "other.txt", "王家瑞\n王家瑞，河北秦皇岛人，1970年6月参加工作。".encode())
+        kb.pipeline.run_pending(max_jobs=10)
+        retriever = KnowledgeBaseRetriever(search=KnowledgeBaseSearch(kb), knowledge_bases=["k"])
+        question = "牛佬的原名是什么？"
+
+        def passage(text: str, score: float) -> Document:
+            return Document(page_content=text, metadata={"kb": "k", "score": score})
+
+        rarity = retriever.rarity_of(passage(head, 1.0))
+        assert rarity is not None and rarity.chunks >= 2
+        assert question_coverage(passage(tail, 1), question, rarity) > question_coverage(
+            passage(head, 1), question, rarity
+        )
+        other = "王家瑞，河北秦皇岛人。"
+        tied = [passage(head, 0.992), passage(tail, 0.992), passage(other, 0.5)]
+        assert [d.page_content for d in retriever.ordered(tied, question)] == [tail, head, other]
+        apart = [passage(head, 0.992), passage(tail, 0.984)]
+        assert retriever.ordered(apart, question) == apart
+    finally:
+        kb.close()
+
+
 def test_a_copied_neighbour_sentence_gives_way_to_the_one_that_answers() -> None:
     from app.rag.focus import DistinctiveRelevance
     from app.rag.quote import checked, finish
