@@ -1,7 +1,9 @@
 """Chinese-aware, structure-aware splitting of loaded segments into chunks.
 
 - Sentences end at 。！？；… and at ASCII . ! ? ; followed by white space or the end of a line,
-  so numbers (3.14), clause numbers (8.1.4.1) and URLs are never cut.
+  so numbers (3.14), clause numbers (8.1.4.1) and URLs are never cut; nor is a sentence at the
+  full stop of an abbreviation or an initial ("e.g.", "et al.", "Fig. 3", "St. John", "J. R. R.
+  Tolkien").
 - Headings (Markdown, DOCX, HTML) and numbered clauses of standards ("8.1.4.1 身份鉴别",
   "第三章", "a)") start a new chunk; each chunk carries the heading path above it.
 - Table rows are atomic: a row is never cut in half (only a single row longer than the chunk
@@ -23,7 +25,29 @@ _CLAUSE_TITLE = re.compile(r"^\s*(\d{1,3}(?:\.\d{1,3})*)\.?\s+(\S.{0,40})$")
 _CHAPTER = re.compile(r"^\s*第[一二三四五六七八九十百零〇\d]+[章节篇部分]\s*\S{0,40}$")
 _LETTER_ITEM = re.compile(r"^\s*(?:[a-z]|[ivx]{1,4})[)）]\s*\S")
 _TERMINAL = "。！？；.!?;:：，,"
+# Words whose full stop ends no sentence (lower case; "no" only before a number: "No. 5").
+_ABBREVIATIONS = frozenset(
+    {"e.g", "i.e", "cf", "al", "vs", "fig", "figs", "eq", "eqs", "ref", "refs", "sec"}
+    | {"ch", "vol", "pp", "approx", "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr"}
+    | {"gen", "lt", "col", "sgt", "rev", "hon", "mt", "ft"}
+)
+_WORD_BEFORE = re.compile(r"(?<![A-Za-z0-9.])([A-Za-z](?:[A-Za-z.]*[A-Za-z])?)$")
 _TITLE_MAX = 60  # a book or work title 《…》 is at most this long: a longer span is no title
+
+
+def _abbreviation(text: str, index: int) -> bool:
+    """Whether the "." at ``index`` ends an abbreviation or an initial, not a sentence."""
+    if text[index] != ".":
+        return False
+    found = _WORD_BEFORE.search(text, max(0, index - 12), index)
+    if not found:
+        return False
+    word = found.group(1)
+    if len(word) == 1 and word.isupper():
+        return True  # an initial: "J. Smith"
+    if word.lower() == "no":
+        return bool(re.match(r"\.\s*\d", text[index : index + 4]))
+    return word.lower() in _ABBREVIATIONS
 
 
 def _inside_title(text: str, index: int) -> bool:
@@ -52,7 +76,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     pos = 0
     for match in _SENTENCE_END.finditer(text):
-        if _inside_title(text, match.start()):
+        if _inside_title(text, match.start()) or _abbreviation(text, match.start()):
             continue
         end = match.end()
         if text[pos:end].strip():

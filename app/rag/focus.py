@@ -124,7 +124,8 @@ def focus(text: str, question: str, max_chars: int) -> str:
     """``text`` if it is short enough, else its most relevant sentences within ``max_chars``."""
     if max_chars <= 0 or len(text) <= max_chars:
         return text
-    sentences = sentences_of(text)
+    spans = split_sentences(text)
+    sentences = [text[a:b] for a, b in spans]
     if len(sentences) < 2:
         return text[:max_chars]
     best = _best(sentences, question)
@@ -135,11 +136,12 @@ def focus(text: str, question: str, max_chars: int) -> str:
             if 0 <= index < len(sentences) and used + len(sentences[index]) <= max_chars:
                 kept.add(index)
                 used += len(sentences[index])
-    out: list[str] = []
-    previous = -1
+    # runs of adjacent sentences as they stand in the text (the space between two English
+    # sentences kept), " … " between runs
+    runs: list[tuple[int, int]] = []
     for index in sorted(kept):
-        if out and index != previous + 1:
-            out.append(GAP)
-        out.append(sentences[index])
-        previous = index
-    return "".join(out)
+        if runs and index == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return GAP.join(text[spans[first][0] : spans[last][1]] for first, last in runs)

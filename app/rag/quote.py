@@ -24,8 +24,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.rag.focus import GAP, DistinctiveRelevance, relevance, sentences_of
+from app.rag.focus import GAP, DistinctiveRelevance, relevance
 from ingest.loaders import row_marks, row_requirement
+from ingest.splitter import split_sentences
 
 if TYPE_CHECKING:
     from app.settings.rag import RagSettings
@@ -75,11 +76,12 @@ def candidates(passage: str, max_run: int = 2) -> list[str]:
     its own sentence)."""
     runs: list[str] = []
     for line in lines_of([passage]):
-        sentences = [s for s in sentences_of(line) if s]
-        for start in range(len(sentences)):
+        spans = split_sentences(line)
+        for start in range(len(spans)):
             for length in range(1, max_run + 1):
-                if start + length <= len(sentences):
-                    runs.append("".join(sentences[start : start + length]))
+                if start + length <= len(spans):
+                    # as the line has them: the space between two English sentences kept
+                    runs.append(line[spans[start][0] : spans[start + length - 1][1]])
     return runs
 
 

@@ -291,6 +291,24 @@ def test_long_passages_keep_the_sentences_about_the_question() -> None:
     wide = focus(text, question, 60)
     assert wide.index("防护理念") < wide.index("安全管理中心")
     assert GAP not in focus(text, question, 40) or wide.count(GAP) <= 1
+    # English sentences keep the space between them, as the text has it ("drops.It" before)
+    english = (
+        "The paper opens with related work. As Smith et al. show in Fig. 3, the loss drops. "
+        "It then stays flat. The appendix lists the hyperparameters."
+    )
+    kept = focus(english, "Does the loss drop?", 80)
+    assert kept == "As Smith et al. show in Fig. 3, the loss drops. It then stays flat."
+
+
+def test_a_quote_of_two_english_sentences_keeps_the_space_between_them() -> None:
+    from app.rag.quote import candidates, quote
+
+    passage = "Born in 1950, he studied law. He met St. John in Paris. He never returned."
+    assert "He met St. John in Paris." in candidates(passage)
+    assert "Born in 1950, he studied law. He met St. John in Paris." in candidates(passage)
+    assert quote("he studied law and he met st john in paris", [passage], 0.5) == (
+        "Born in 1950, he studied law. He met St. John in Paris."
+    )
 
 
 def test_marker_only_answers_become_the_passages_best_sentence() -> None:

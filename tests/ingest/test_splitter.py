@@ -36,6 +36,33 @@ def test_a_title_ends_no_sentence() -> None:
         assert len(split_sentences(text)) == 2
 
 
+def test_an_abbreviation_or_an_initial_ends_no_sentence() -> None:
+    """ "St. John" was cut at "St." and a quote of the sentence lost the rest (cmrc2018-trial,
+    TRIAL_658_QUERY_3); an English paper's "et al." and "Fig. 3" were cut the same way."""
+
+    def parts(text: str) -> list[str]:
+        return [text[s:e] for s, e in split_sentences(text)]
+
+    assert parts("教堂名为St. John's Church。It was built in 1850. Then it burned.") == [
+        "教堂名为St. John's Church。",
+        "It was built in 1850.",
+        "Then it burned.",
+    ]
+    assert parts("As Smith et al. show in Fig. 3, e.g. the loss drops. It works.") == [
+        "As Smith et al. show in Fig. 3, e.g. the loss drops.",
+        "It works.",
+    ]
+    assert parts(
+        "J. R. R. Tolkien wrote it. See No. 5. The answer is no. Made in the U.S. Sold."
+    ) == [
+        "J. R. R. Tolkien wrote it.",
+        "See No. 5.",
+        "The answer is no.",
+        "Made in the U.S.",
+        "Sold.",
+    ]
+
+
 def test_clause_headings() -> None:
     assert clause_heading("8.1.4.1 身份鉴别") == (4, "8.1.4.1 身份鉴别")
     assert clause_heading("第三章 技术要求") == (1, "第三章 技术要求")
