@@ -214,11 +214,14 @@ class SqlCatalog:
 
     # knowledge bases -------------------------------------------------------------------
     def create_kb(self, name: str, model: str, dim: int) -> bool:
+        """A new knowledge base's version starts at the time in microseconds, not 0: what a
+        process keeps per version (the BM25 index, the gate's term counts) must never take a
+        KB deleted and created again under its name, changed as often, for the old one."""
         with self.connect() as db:
             cur = db.execute(
-                "INSERT INTO kbs (name, embedding_model, embedding_dim, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (name, model, dim, time.time()),
+                "INSERT INTO kbs (name, embedding_model, embedding_dim, created_at, version) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (name, model, dim, time.time(), time.time_ns() // 1000),
             )
             return bool(cur.rowcount == 1)
 

@@ -56,7 +56,8 @@ def test_catalog_queries_on_both_databases(catalog: SqlCatalog) -> None:
     assert catalog.schema_version() == catalog.latest_version == 2
     assert catalog.create_kb("kb", "model", 3) is True
     assert catalog.create_kb("kb", "model", 3) is False  # exists: nothing changes
-    assert catalog.kb_version("kb") == 0 and catalog.kb_version("nope") == -1
+    start = catalog.kb_version("kb")
+    assert start > 0 and catalog.kb_version("nope") == -1
     catalog.add_document(_doc("kb", "d1", "a.txt"))
     catalog.add_document(_doc("kb", "d1", "a.txt"))  # the same upload again: one row
     catalog.add_document(_doc("kb", "d2", "b.txt"))
@@ -65,14 +66,14 @@ def test_catalog_queries_on_both_databases(catalog: SqlCatalog) -> None:
         for i in range(3)
     ]
     catalog.commit_document("kb", "d1", rows, [])
-    assert catalog.kb_version("kb") == 1
+    assert catalog.kb_version("kb") == start + 1
     assert catalog.get_document("kb", "d1").status == "ready"  # type: ignore[union-attr]
     version, ids, tokens = catalog.all_tokens("kb")
-    assert (version, ids) == (1, ["d1:0", "d1:1", "d1:2"])  # in insertion order
+    assert (version, ids) == (start + 1, ["d1:0", "d1:1", "d1:2"])  # in insertion order
     assert tokens[2] == ["tok2", "common"]
     # the texts the relevance gate counts term rarity over: all, or the same first ones
-    assert catalog.all_texts("kb") == (1, ["text 0", "text 1", "text 2"])
-    assert catalog.all_texts("kb", limit=2) == (1, ["text 0", "text 1"])
+    assert catalog.all_texts("kb") == (start + 1, ["text 0", "text 1", "text 2"])
+    assert catalog.all_texts("kb", limit=2) == (start + 1, ["text 0", "text 1"])
     assert catalog.all_texts("nope") == (-1, [])
     assert catalog.chunks_of("kb", "d1")[1] == ("d1:1", "text 1", rows[1][3])
     # by position (a list answer's table section around its passage)
@@ -87,7 +88,15 @@ def test_catalog_queries_on_both_databases(catalog: SqlCatalog) -> None:
     assert [d.doc_id for d in catalog.documents_named("kb", "a.txt")] == ["d3"]
     assert catalog.all_tokens("kb")[1] == ["d3:0"]
     catalog.delete_document("kb", "d3")
-    assert catalog.kb_version("kb") == 3 and catalog.all_tokens("kb")[1] == []
+    assert catalog.kb_version("kb") == start + 3 and catalog.all_tokens("kb")[1] == []
+    # deleted and created again under its name, changed as often: never the old version (what
+    # a process keeps per version would be taken for the new KB's)
+    catalog.create_kb("again", "model", 3)
+    old = catalog.kb_version("again")
+    catalog.delete_kb("again")
+    catalog.create_kb("again", "model", 3)
+    assert catalog.kb_version("again") != old
+    catalog.delete_kb("again")
     # jobs
     first = catalog.enqueue("kb", "d2", "b.txt")
     second = catalog.enqueue("kb", "d2", "b.txt")
