@@ -47,7 +47,8 @@ class PerKbCache(Generic[T]):
     def forget(self, kb: str) -> None:
         """Drop every value of ``kb`` (it was deleted)."""
         with self._guard:
-            for entry in [e for e in self._values if e[0] == kb]:
+            # list(): a copy made at once (a build may add an entry meanwhile)
+            for entry in [e for e in list(self._values) if e[0] == kb]:
                 self._values.pop(entry, None)
             self._locks.pop(kb, None)
 

@@ -32,7 +32,7 @@ class KnowledgeBaseSearch:
     def __init__(self, kb: KnowledgeBaseService) -> None:
         self.kb = kb
         self.settings = kb.retrieval
-        self._rarity: PerKbCache[TermRarity] = PerKbCache(kb.catalog.kb_version)
+        self._rarity: PerKbCache[TermRarity] = PerKbCache(lambda name: kb.catalog.kb_version(name))
 
     def rarity(self, kb: str, max_chunks: int = 20000, prior_chunks: int = 100) -> TermRarity:
         """How rare each term is among ``kb``'s chunks (the relevance gate's coverage weights),
