@@ -98,7 +98,8 @@ def granularity_ceiling(rows: list[dict]) -> dict[str, float]:
         text = "".join(passages)
         gold = next((a for a in row["answers"] if a and a in text), "")
         by_sentence = next(
-            (c for n in (1, 2) for p in passages for c in candidates(p, n) if gold in c), ""
+            (c for n in (1, 2) for p in passages for c in candidates(p, n) if gold and gold in c),
+            "",
         )
         by_clause = ""
         for line in lines_of(passages):
