@@ -9,9 +9,15 @@
    here by summing a 1 GiB array on every core.
 3. Parallel slots: 8 concurrent requests against llamacpp with ``llm.max_concurrency=8``
    (continuous batching), aggregate decode tokens/s vs one request alone. Goal >= 1.5x.
+4. Prompt-lookup decoding (``llm.llamacpp.lookup_draft_tokens``, on by default): knowledge-base
+   answers with the service's own sentence prompt (the answer copies a passage sentence),
+   decode tokens/s with lookup vs without, same model and prompts, in one run.
+
+Sections 1-3 measure plain decoding (lookup off): every token is one forward pass there, which
+is what the transformers comparison and the bandwidth limit are about.
 
     .venv/bin/python bench/llm_backends.py [--model qwen2.5-coder-0.5b-instruct] [--tokens 64]
-        [--skip-transformers]
+        [--skip-transformers] [--lookup-only]
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.llm.base import ChatMessage, GenerationParams, LLMBackend  # noqa: E402
 from app.settings import load_settings  # noqa: E402
+from app.settings.rag import PASSAGE_ZH, PROMPT_ZH  # noqa: E402
 
 PASSAGE = (
     "等级保护2.0采用的防护理念是“一个中心，三重防护”，即安全管理中心，以及安全计算环境、"
@@ -46,6 +54,112 @@ PROMPT = [
         "问题：等级保护2.0采用的防护理念是什么？",
     )
 ]
+
+
+# Knowledge-base questions whose answer is a sentence of the passage (section 4)
+KB_PASSAGES = [
+    PASSAGE,
+    "网络安全等级保护工作包括定级、备案、建设整改、等级测评和监督检查五个环节。第三级以上"
+    "的等级保护对象应每年至少进行一次等级测评，发现不符合相应等级保护标准要求的及时整改。"
+    "运营者应在等级保护对象投入运行后三十日内，到所在地公安机关办理备案手续。",
+    "安全计算环境的身份鉴别要求包括：应对登录的用户进行身份标识和鉴别，身份标识具有唯一性，"
+    "身份鉴别信息具有复杂度要求并定期更换；应具有登录失败处理功能，应配置并启用结束会话、"
+    "限制非法登录次数和当登录连接超时自动退出等相关措施。",
+    "安全区域边界的访问控制要求包括：应在网络边界或区域之间根据访问控制策略设置访问控制规则，"
+    "默认情况下除允许通信外受控接口拒绝所有通信；应删除多余或无效的访问控制规则，优化访问控制"
+    "列表，并保证访问控制规则数量最小化。",
+]
+KB_QUESTIONS = [
+    (0, "等级保护对象是根据什么划分安全保护等级的？"),
+    (1, "第三级以上的等级保护对象多久进行一次等级测评？"),
+    (1, "运营者应在什么时候办理备案手续？"),
+    (2, "身份鉴别信息有什么要求？"),
+    (2, "登录失败处理功能包括哪些措施？"),
+    (3, "默认情况下受控接口如何处理通信？"),
+]
+
+
+def kb_prompt(passage: str, question: str) -> list[ChatMessage]:
+    """The service's own Chinese sentence prompt over one numbered passage."""
+    context = PASSAGE_ZH.format(index=1, title="等级保护.md", text=passage)
+    text = PROMPT_ZH.replace("{context}", context).replace("{question}", question)
+    return [ChatMessage("user", text)]
+
+
+async def kb_answers(llm: LLMBackend, tokens: int) -> tuple[float, list[str]]:
+    """Decode tokens/s over all KB questions (tokens after the first over the time after the
+    first), and the answers."""
+    decoded, seconds, answers = 0, 0.0, []
+    for index, question in KB_QUESTIONS:
+        params = GenerationParams(max_tokens=tokens)
+        first = None
+        text, last = "", None
+        async for chunk in llm.stream(kb_prompt(KB_PASSAGES[index], question), params):
+            if chunk.text and first is None:
+                first = time.perf_counter()
+            text += chunk.text
+            last = chunk
+        end = time.perf_counter()
+        assert last is not None and first is not None
+        decoded += last.completion_tokens - 1
+        seconds += end - first
+        answers.append(text)
+    return decoded / seconds, answers
+
+
+def lookup_decoding(model: str, tokens: int, transformers: bool) -> None:
+    """Section 4: the same KB answers with prompt-lookup decoding on and off, on llamacpp
+    (``llm.llamacpp.lookup_draft_tokens``) and, unless skipped, transformers
+    (``llm.prompt_lookup_tokens``)."""
+    from app.llm.llamacpp_backend import LlamaCppBackend
+    from app.llm.transformers_backend import TransformersBackend
+
+    defaults = load_settings().llm
+    kinds: list[tuple[str, str, int, Any]] = [
+        (
+            "llamacpp",
+            "llm.llamacpp.lookup_draft_tokens",
+            defaults.llamacpp.lookup_draft_tokens,
+            LlamaCppBackend,
+        )
+    ]
+    if transformers:
+        kinds.append(
+            (
+                "transformers",
+                "llm.prompt_lookup_tokens",
+                defaults.prompt_lookup_tokens,
+                TransformersBackend,
+            )
+        )
+    for kind, key, default, backend in kinds:
+        results = []
+        for draft in (0, default or 8):
+            settings = load_settings(**{"llm.model": model, "llm.backend": kind, key: draft})
+            llm = backend.load(settings.llm, settings.resolved_models_dir)
+            asyncio.run(one(llm, 8, PROMPT))  # warm-up
+            speed, answers = asyncio.run(kb_answers(llm, tokens))
+            results.append(
+                (
+                    speed,
+                    answers,
+                    getattr(llm, "drafted", None),
+                    getattr(llm, "draft_accepted", None),
+                )
+            )
+            llm.close()
+        (off, plain, _, _), (on, looked, drafted, accepted) = results
+        same = sum(a == b for a, b in zip(plain, looked, strict=True))
+        drafts = (
+            f"; drafted {drafted}, accepted {accepted} ({accepted / max(drafted, 1):.0%})"
+            if drafted is not None
+            else ""
+        )
+        print(
+            f"prompt lookup on {kind}, {len(KB_QUESTIONS)} KB answers (service prompt): decode "
+            f"{off:.1f} tok/s without, {on:.1f} tok/s with = {on / off:.2f}x{drafts}; answers "
+            f"identical {same}/{len(KB_QUESTIONS)}"
+        )
 
 
 async def one(llm: LLMBackend, tokens: int, prompt: list[ChatMessage]) -> tuple[float, float, int]:
@@ -137,12 +251,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--lookup-only", action="store_true", help="only section 4 (prompt-lookup decoding)"
+    )
     args = parser.parse_args()
+    if args.lookup_only:
+        lookup_decoding(args.model, args.tokens, not args.skip_transformers)
+        return
     from app.llm.llamacpp_backend import LlamaCppBackend
     from app.llm.transformers_backend import TransformersBackend
 
+    plain = {"llm.llamacpp.lookup_draft_tokens": 0}  # sections 1-3: one pass per token
     base = {"llm.model": args.model}
-    settings = load_settings(**base, **{"llm.backend": "llamacpp"})
+    settings = load_settings(**base, **plain, **{"llm.backend": "llamacpp"})
     llama = LlamaCppBackend.load(settings.llm, settings.resolved_models_dir)
     prompt_tokens = llama.count_prompt_tokens(PROMPT)
     l_ttft, l_decode = measure(llama, args.tokens, args.runs)
@@ -170,7 +291,7 @@ def main() -> None:
         f"-> limit {limit:.1f} tok/s; llamacpp decode = {l_decode / limit:.0%} of it"
     )
     settings = load_settings(
-        **base, **{"llm.backend": "llamacpp", "llm.max_concurrency": args.clients}
+        **base, **plain, **{"llm.backend": "llamacpp", "llm.max_concurrency": args.clients}
     )
     slots = LlamaCppBackend.load(settings.llm, settings.resolved_models_dir)
     asyncio.run(concurrent(slots, 1, 8))  # warm-up
@@ -186,6 +307,7 @@ def main() -> None:
         f"clients {together_decode:.1f} tok/s aggregate = "
         f"{together_decode / single_decode:.2f}x (goal >= 1.5x)"
     )
+    lookup_decoding(args.model, args.tokens, not args.skip_transformers)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,10 @@ class LlamaCppBackend(InProcessBackend):
         )
         self.active = 0  # generations running now (health, tests)
         self.cancelled = 0  # generations stopped because their client went away
+        # prompt-lookup decoding (llm.llamacpp.lookup_draft_tokens): tokens drafted, and of
+        # them accepted, over all generations (llama.cpp's own timings)
+        self.drafted = 0
+        self.draft_accepted = 0
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- loading
@@ -121,6 +125,8 @@ class LlamaCppBackend(InProcessBackend):
         # was computed with (it answered from the wrong adapter's cache, llama.cpp #30129),
         # and a reused prefix can flip a greedy answer: off
         params.cache_ram_mib = 0
+        if opts.lookup_draft_tokens:
+            _prompt_lookup(xllamacpp, params, opts.lookup_ngram, opts.lookup_draft_tokens)
         params.verbosity = 1 if opts.verbose else -1
         params.port = 0  # a free loopback port, for /tokenize and /apply-template only
         api_key = secrets.token_urlsafe(24)
@@ -140,12 +146,13 @@ class LlamaCppBackend(InProcessBackend):
             ) from exc
         logger.info(
             "event=model_loaded backend=llamacpp model=%s path=%s threads=%d slots=%d n_ctx=%d "
-            "adapters=%s seconds=%.1f",
+            "lookup_draft=%d adapters=%s seconds=%.1f",
             settings.model,
             gguf,
             threads,
             slots,
             n_ctx,
+            opts.lookup_draft_tokens,
             ",".join(adapter_names) or "-",
             time.perf_counter() - start,
         )
@@ -274,6 +281,9 @@ class LlamaCppBackend(InProcessBackend):
             return cancel.is_set() or state.error is not None
 
         self.server.handle_chat_completions(body, on_chunk)
+        with self._lock:
+            self.drafted += state.drafted
+            self.draft_accepted += state.draft_accepted
         if state.error is not None:
             raise state.error
         if cancel.is_set() and state.reason is None:
@@ -295,6 +305,8 @@ class _StreamState:
         self.reason: Literal["stop", "length"] | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.drafted = 0
+        self.draft_accepted = 0
         self.error: LLMError | None = None
 
     def take(self, data: dict[str, Any]) -> None:
@@ -305,6 +317,10 @@ class _StreamState:
         if usage:
             self.prompt_tokens = int(usage.get("prompt_tokens", 0))
             self.completion_tokens = int(usage.get("completion_tokens", 0))
+        timings = data.get("timings") or {}
+        if "draft_n" in timings:
+            self.drafted = int(timings["draft_n"])
+            self.draft_accepted = int(timings.get("draft_n_accepted", 0))
         for choice in data.get("choices") or []:
             text = (choice.get("delta") or {}).get("content") or ""
             if not self.started:
@@ -331,6 +347,17 @@ def _error_of(data: dict[str, Any]) -> LLMError:
     if code in {429, 503}:
         return OverloadedError(message)
     return LLMError(f"llama.cpp: {message}")
+
+
+def _prompt_lookup(xllamacpp: Any, params: Any, ngram: int, draft_tokens: int) -> None:
+    """Prompt-lookup decoding: llama.cpp drafts the ``draft_tokens`` tokens that followed the
+    last earlier occurrence of the answer's last ``ngram`` tokens (in the prompt or the answer
+    so far) and checks them in one batch; no draft model."""
+    spec = params.speculative
+    spec.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
+    spec.ngram_simple.size_n = ngram
+    spec.ngram_simple.size_m = draft_tokens
+    spec.draft.n_max = draft_tokens
 
 
 def _attach_adapters(

@@ -111,8 +111,10 @@ class TransformersBackend(InProcessBackend):
         context_length: int | None = None,
         adapters: list[str] | None = None,
         max_concurrency: int = 1,
+        prompt_lookup_tokens: int = 0,
     ) -> None:
         self.model = model
+        self.prompt_lookup_tokens = prompt_lookup_tokens
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
@@ -200,6 +202,7 @@ class TransformersBackend(InProcessBackend):
             context_length=settings.context_length,
             adapters=adapter_names,
             max_concurrency=settings.max_concurrency,
+            prompt_lookup_tokens=settings.prompt_lookup_tokens,
         )
 
     # ---------------------------------------------------------------- interface
@@ -287,6 +290,10 @@ class TransformersBackend(InProcessBackend):
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.prompt_lookup_tokens:
+            # the answer's next tokens drafted from where its last tokens stand in the prompt
+            # (a knowledge-base answer copies its passage), checked in one forward pass
+            kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_tokens
 
         with self._adapter_lock or _nullcontext():
             if self.adapters:

@@ -64,6 +64,26 @@ class LlamaCppSettings(Section):
         "processed). Off by default: a prefix computed in another batch can differ in the "
         "last bits and flip a greedy answer, and one exact answer per question comes first.",
     )
+    lookup_draft_tokens: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Prompt-lookup decoding (llama.cpp's `ngram-simple` self-speculation): up "
+        "to this many tokens that followed the last `lookup_ngram` tokens earlier in the prompt "
+        "or answer are drafted and checked in one batch, no draft model needed. A "
+        "knowledge-base answer copies its passage, so most drafts are accepted: decode "
+        "16.1 -> 21.5 tok/s on the 1.5B's KB answers (bench/llm_backends.py), KB answer p50 "
+        "7.7 -> 7.0 s (bench/answer_quality.py). Checking drafts in a batch can tip a near-tie "
+        "of greedy decoding (299 of 300 answers stayed the same); a repeated question still "
+        "gets the same answer. 0: off.",
+    )
+    lookup_ngram: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Tokens that must match earlier text before a prompt-lookup draft is made "
+        "(`lookup_draft_tokens`).",
+    )
     verbose: bool = Field(False, description="Let llama.cpp write its own log to stderr.")
 
 
@@ -157,6 +177,16 @@ class LLMSettings(Section):
         description="LoRA adapters loaded at start, `name=path` pairs; a request picks one by "
         "model name. The base model stays shared in memory.",
         examples=[{"dengbao-lora": "/models/adapters/dengbao"}],
+    )
+    prompt_lookup_tokens: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="transformers backend: prompt-lookup decoding (transformers' "
+        "`prompt_lookup_num_tokens`): up to this many tokens that followed the answer's last "
+        "tokens earlier in the prompt are checked in one forward pass. A knowledge-base answer "
+        "copies its passage, so most are accepted (bench/llm_backends.py). 0: off. On llamacpp "
+        "see `llm.llamacpp.lookup_draft_tokens`.",
     )
     max_concurrency: int = Field(
         1,

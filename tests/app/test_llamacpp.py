@@ -28,17 +28,16 @@ QWEN = "qwen2.5-coder-0.5b-instruct"
 PASSAGE = "等级保护2.0采用的防护理念是“一个中心，三重防护”。"
 
 
+def load_qwen(models_dir: Path, **overrides: object) -> LlamaCppBackend:
+    settings = load_settings(
+        **{"llm.backend": "llamacpp", "llm.model": QWEN, "models_dir": models_dir, **overrides}
+    )
+    return LlamaCppBackend.load(settings.llm, settings.resolved_models_dir)
+
+
 @pytest.fixture(scope="module")
 def qwen(models_dir: Path) -> Iterator[LlamaCppBackend]:
-    settings = load_settings(
-        **{
-            "llm.backend": "llamacpp",
-            "llm.model": QWEN,
-            "llm.max_concurrency": 2,
-            "models_dir": models_dir,
-        }
-    )
-    llm = LlamaCppBackend.load(settings.llm, settings.resolved_models_dir)
+    llm = load_qwen(models_dir, **{"llm.max_concurrency": 2})
     yield llm
     llm.close()
 
@@ -89,6 +88,32 @@ def test_answers_chinese_from_its_passage(qwen: LlamaCppBackend) -> None:
     answer = asyncio.run(qwen.complete(messages, GenerationParams(max_tokens=48)))
     assert "一个中心，三重防护" in answer.text
     assert answer.prompt_tokens == qwen.count_prompt_tokens(messages)  # exact, template included
+
+
+def test_prompt_lookup_drafts_an_answer_that_copies_its_passage(
+    qwen: LlamaCppBackend, models_dir: Path
+) -> None:
+    """Prompt-lookup decoding is on by default (llm.llamacpp.lookup_draft_tokens): copying
+    the passage, the answer is drafted from the prompt and most drafts are accepted. Off,
+    nothing is drafted and the answer is the same copy."""
+    sentence = "等级保护2.0采用的防护理念是“一个中心，三重防护”。"
+    rest = "它在原有的基础上扩展了云计算、移动互联、物联网和工业控制系统的安全要求。"
+    messages = [ChatMessage("user", f"资料：{sentence}{rest}\n照原文抄写资料的第一句话。")]
+    params = GenerationParams(max_tokens=48)
+
+    drafted, accepted = qwen.drafted, qwen.draft_accepted
+    answer = asyncio.run(qwen.complete(messages, params))
+    assert sentence in answer.text
+    drafted, accepted = qwen.drafted - drafted, qwen.draft_accepted - accepted
+    assert 0 < accepted <= drafted
+    assert accepted >= answer.completion_tokens // 2  # most of the copy came from drafts
+
+    plain = load_qwen(models_dir, **{"llm.llamacpp.lookup_draft_tokens": 0})
+    try:
+        assert sentence in asyncio.run(plain.complete(messages, params)).text
+        assert plain.drafted == 0
+    finally:
+        plain.close()
 
 
 def test_greedy_answers_repeat_exactly_with_other_requests_between(

@@ -211,3 +211,41 @@ def test_oversized_messages_are_refused_by_characters_before_tokenizing(
         chat.check_size(fits)  # at the limit: left to the exact, tokenized check
     finally:
         del backend.count_prompt_tokens
+
+
+COPY = [
+    ChatMessage(
+        "user",
+        "Copy this sentence exactly: The old lighthouse on the northern cliff was rebuilt in "
+        "1874 after a storm destroyed its lamp room.",
+    )
+]
+
+
+def test_transformers_prompt_lookup_checks_copied_tokens_in_fewer_passes(
+    live: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompt-lookup decoding (llm.prompt_lookup_tokens, on by default): an answer that copies
+    the prompt takes fewer forward passes than it has tokens, since drafted tokens are checked
+    several per pass; off, one pass per token. The real model's passes, counted by a hook."""
+    llm = live.app.state.services.llm
+    assert isinstance(llm, TransformersBackend) and llm.prompt_lookup_tokens > 0
+    passes = 0
+
+    def counted(*_: Any) -> None:
+        nonlocal passes
+        passes += 1
+
+    # one call of the token embedding per forward pass of the model
+    hook = llm.model.get_input_embeddings().register_forward_hook(counted)
+    try:
+        params = GenerationParams(max_tokens=40)
+        looked = run(llm.complete(COPY, params))
+        assert "lighthouse" in looked.text
+        assert 0 < passes < looked.completion_tokens
+        monkeypatch.setattr(llm, "prompt_lookup_tokens", 0)
+        passes = 0
+        plain = run(llm.complete(COPY, params))
+    finally:
+        hook.remove()
+    assert passes == plain.completion_tokens
