@@ -11,7 +11,9 @@ loopback port, guarded by a random API key, for what the Python binding does not
 ``/apply-template`` and ``/tokenize``, so prompt-token counts are llama.cpp's own (exact,
 chat template included) for the RAG budget. LoRA adapters trained with peft are converted to
 GGUF LoRA files once (``app.llm.gguf_lora``), loaded at start with scale 0, and switched on
-per request by the ``lora`` field.
+per request by the ``lora`` field. A knowledge-base answer copies its passage, so llama.cpp
+drafts its next tokens from the prompt and checks them in one pass (prompt-lookup decoding,
+``llm.llamacpp.lookup_draft_tokens``; ``drafted``/``draft_accepted`` count them).
 """
 
 from __future__ import annotations
