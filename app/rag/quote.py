@@ -378,6 +378,76 @@ def listed(answer: str, question: str, sections: Iterable[Section]) -> str:
     return "\n".join(kept or rows)
 
 
+def without_numbering(answer: str, numbering: str) -> str:
+    """The answer without the list number it starts with (``numbering``: "03. 采用了…" ->
+    "采用了…"): the item answers, not its place in the list. Unchanged when that would leave
+    nothing with words."""
+    rest = re.sub(numbering, "", answer, count=1) if numbering else answer
+    return rest if rest != answer and has_words(rest) else answer
+
+
+def _style(mark: str) -> str:
+    """A list number's shape: "01. " and "04. " alike, "（一）" another."""
+    return re.sub(r"[一二三四五六七八九十]+", "一", re.sub(r"\d+", "0", mark.strip()))
+
+
+def item_list(answer: str, texts: Iterable[str], numbering: str) -> str:
+    """The answer to a list question that is (in) one item of a numbered list of ``texts``
+    (its passages' sections, in order): every item of that list, each its first sentence,
+    one per line, numbers kept. The list is the run of lines numbered the same way
+    (``numbering``; "01. " … "04. ") around the answer's line; other lines between items (an
+    item's paragraph) are passed over, and a heading line ("#") ends it. The answer unchanged
+    when it is in no numbered line or the list has one item."""
+    for lines, marks, at in _numbered_lines(answer, texts, numbering):
+        style = _style(marks[at].group())  # type: ignore[union-attr]
+        first, last = at, at
+        for step, edge in ((-1, 0), (1, len(lines) - 1)):
+            i = at
+            while i != edge and not lines[i + step].startswith("#"):
+                i += step
+                mark = marks[i]
+                if mark and _style(mark.group()) == style:
+                    first, last = min(first, i), max(last, i)
+        items = [
+            _first_sentence(lines[i], marks[i].end())  # type: ignore[union-attr]
+            for i in range(first, last + 1)
+            if marks[i] and _style(marks[i].group()) == style  # type: ignore[union-attr]
+        ]
+        return "\n".join(items) if len(items) >= 2 else answer
+    return answer
+
+
+def in_numbered_item(answer: str, texts: Iterable[str], numbering: str) -> bool:
+    """Whether the answer is (in) a line of ``texts`` that starts with a list number."""
+    return next(_numbered_lines(answer, texts, numbering), None) is not None
+
+
+def _numbered_lines(
+    answer: str, texts: Iterable[str], numbering: str
+) -> Iterator[tuple[list[str], list[re.Match[str] | None], int]]:
+    """For each text with a numbered line that holds the answer (its number left out): the
+    text's lines, their numbers' matches, and the index of that line."""
+    core = without_numbering(answer.strip(), numbering).rstrip("。.；;").strip()
+    if not numbering or not core:
+        return
+    for text in texts:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # a number alone (a line cut after it) is no item
+        marks = [
+            m if (m := re.match(numbering, line)) and has_words(line[m.end() :]) else None
+            for line in lines
+        ]
+        at = next((i for i, m in enumerate(marks) if m and core in lines[i]), None)
+        if at is not None:
+            yield lines, marks, at
+
+
+def _first_sentence(line: str, start: int) -> str:
+    """A numbered line up to the end of the first sentence after its number (at ``start``)."""
+    spans = split_sentences(line[start:])
+    return line[: start + spans[0][1]] if spans else line
+
+
 def checked(answer: str, question: str, passages: Iterable[str], min_relevance: float) -> str:
     """A quoted sentence that shares less than ``min_relevance`` of what the passages' best
     sentence shares with the question (``DistinctiveRelevance``: the question's rarer terms
@@ -410,6 +480,7 @@ def finish(
     file_names: Iterable[str] = (),
     loop_min_chars: int = 4,
     loop_repeats: int = 0,
+    numbering: str = "",
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
     name, date, number or place) keeps its words, a number gains its unit, the first item of
@@ -423,7 +494,8 @@ def finish(
     (``checked``). None: the answer has no words and names no list item of the passages, it
     is only a passage's file name (``file_names``), or it only says the question again
     (``restates``; unless the passages say it: ``source_says``), or it loops (``loops``:
-    ``loop_repeats`` times the same text); the caller falls back to the passage itself."""
+    ``loop_repeats`` times the same text); the caller falls back to the passage itself. A
+    sentence answer that starts with a list item's number (``numbering``) loses it."""
     passages = list(passages)
     if names_a_file(answer, file_names) or loops(answer, loop_min_chars, loop_repeats, passages):
         return None
@@ -444,12 +516,14 @@ def finish(
         if echoes(said, question):
             found = focused_sentence(question, passages, said.strip().strip("《》“”\"'「」。.# "))
             if found:
-                return found
+                return found if short else without_numbering(found, numbering)
     if restates(result, question) and not source_says(result, question, passages):
         return None
-    if short or quoted is None:
+    if short:
         return result
-    return checked(result, question, passages, min_relevance)
+    if quoted is not None:
+        result = checked(result, question, passages, min_relevance)
+    return without_numbering(result, numbering)
 
 
 def finish_for(
@@ -482,4 +556,5 @@ def finish_for(
         min_relevance=settings.answer_min_relevance,
         loop_min_chars=settings.loop_min_chars,
         loop_repeats=settings.loop_repeats,
+        numbering=settings.answer_numbering,
     )

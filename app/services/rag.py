@@ -39,7 +39,7 @@ from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
 from app.rag.focus import best_sentence
 from app.rag.passage import Passage
-from app.rag.quote import Section, finish_for, listed, loops
+from app.rag.quote import Section, finish_for, in_numbered_item, item_list, listed, loops
 from app.rag.retriever import KnowledgeBaseRetriever
 from app.rag.search import KnowledgeBaseSearch
 from app.settings.base import SearchMode
@@ -138,19 +138,22 @@ def to_lc_messages(history: list[ChatMessage]) -> list[BaseMessage]:
     return [kinds[m.role](content=m.content) for m in history]
 
 
-def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> list[Section]:
-    """The rows of the table section of each passage made of table rows (``rows`` in its
-    metadata): the rows of the run of its document's chunks under the same headings around
-    it, in the document's order (a section longer than a chunk spans several; their overlap
-    is read once). At most ``reach`` chunks are read on each side of the passage
-    (``rag.list_max_chunks``): the work is bounded by the setting, not the document's size."""
-    sections: list[Section] = []
+def section_runs(
+    catalog: SqlCatalog, docs: list[Document], reach: int, *, tables: bool
+) -> list[tuple[tuple[str, ...], list[tuple[str, dict[str, Any]]]]]:
+    """For each passage (``tables``: only those made of table rows, ``rows`` in the metadata),
+    its heading path and the run of its document's chunks under the same headings around it,
+    in the document's order (a section longer than a chunk spans several), as (text, chunk
+    metadata); each section once. At most ``reach`` chunks are read on each side of the
+    passage (``rag.list_max_chunks``): the work is bounded by the setting, not the
+    document's size."""
+    runs: list[tuple[tuple[str, ...], list[tuple[str, dict[str, Any]]]]] = []
     seen: set[tuple[str, str, tuple[str, ...]]] = set()
     for doc in docs:
         meta = doc.metadata
         kb, doc_id, at = meta.get("kb"), meta.get("doc_id"), meta.get("chunk_index")
         path = tuple(meta.get("heading_path") or [])
-        if not meta.get("rows") or not kb or not doc_id or at is None:
+        if (tables and not meta.get("rows")) or not kb or not doc_id or at is None:
             continue
         if (kb, doc_id, path) in seen:
             continue
@@ -167,11 +170,37 @@ def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> lis
             first -= 1
         while last + 1 < len(window) and under[last + 1]:
             last += 1
+        runs.append((path, [(text, chunk) for _, text, chunk in window[first : last + 1]]))
+    return runs
+
+
+def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> list[Section]:
+    """The rows of the table section of each passage made of table rows: the rows of its
+    section's run of chunks (``section_runs``), their overlap read once."""
+    sections: list[Section] = []
+    for path, run in section_runs(catalog, docs, reach, tables=True):
         rows: list[str] = []
-        for _, text, chunk in window[first : last + 1]:
+        for text, chunk in run:
             rows += [row for row in row_lines(text, int(chunk.get("rows") or 0)) if row not in rows]
         sections.append(Section(path, rows))
     return sections
+
+
+def section_texts(catalog: SqlCatalog, docs: list[Document], reach: int) -> list[str]:
+    """The text of each passage's section (``section_runs``), its chunks' overlap read once:
+    a line already read is not read again, and a line a chunk ends in the middle of is
+    completed by the next chunk's whole line."""
+    texts: list[str] = []
+    for _, run in section_runs(catalog, docs, reach, tables=False):
+        lines: list[str] = []
+        for text, _ in run:
+            for line in text.splitlines():
+                if lines and lines[-1].strip() and line.startswith(lines[-1]):
+                    lines[-1] = line
+                elif not line.strip() or line not in lines:
+                    lines.append(line)
+        texts.append("\n".join(lines))
+    return texts
 
 
 class RagService:
@@ -514,6 +543,17 @@ class RagService:
             if prompts.listing and any(d.metadata.get("rows") for d in docs):
                 sections = await asyncio.to_thread(self.table_sections, docs)
                 final = listed(final, question, sections)
+            numbering = self.settings.answer_numbering
+            passages = [d.page_content for d in docs]
+            if (
+                prompts.listing
+                and self.settings.list_item_answers
+                and in_numbered_item(final, passages, numbering)
+            ):
+                # the answer is an item of a numbered list: the whole list, read from the
+                # passages' sections (a cut passage or a chunk may hold only part of it)
+                texts = await asyncio.to_thread(self.section_texts, docs)
+                final = item_list(final, texts or passages, numbering)
             yield RagEvent("token", text=final)
         if not gate.answered and answer.grounded:
             # the model said nothing but markers: the passage's own best sentence instead
@@ -521,6 +561,9 @@ class RagService:
 
     def table_sections(self, docs: list[Document]) -> list[Section]:
         return table_sections(self.kb.catalog, docs, self.settings.list_max_chunks)
+
+    def section_texts(self, docs: list[Document]) -> list[str]:
+        return section_texts(self.kb.catalog, docs, self.settings.list_max_chunks)
 
     async def _passages(
         self,

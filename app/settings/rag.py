@@ -69,7 +69,9 @@ SHORT_ANSWER_ZH = (
     r"哪[个位家国座所支部队省市县条种]|什么职务|什么性|"
     # a name: "简称是什么", "又名什么", "叫什么", "被称为什么" (not what a name means, where it
     # comes from, or why or how it is)
-    r"^(?!.*(?:意思|由来|来历|含义|意义|形容|取自|得名|(?<![称名作])为什么|为何|怎样|怎么|如何)).*"
+    r"^(?!.*(?:意思|由来|来历|含义|意义|形容|取自|得名|(?<![称名作])为什么|为何|怎样|怎么|如何|"
+    # how a name changed or differs ("名称有什么变化") is told by a sentence
+    r"变化|改变|区别|不同|差别|差异)).*"
     r"(?:叫什么|[称作]为什么|名为什么|"
     r"[简别又原艺初本学笔全曾旧]名|谥号|称号|代号|名称|名字|职业|官职)"
 )
@@ -86,6 +88,12 @@ LIST_ANSWER_ZH = (
     r"哪几(?:条|项|种|个方面)|列出|列举|包括什么|包含什么|有什么要求"
 )
 LIST_ANSWER_EN = r"(?i)^\s*(?:what|which)\s+(?:are|were)\b|\blist\b"
+# A list item's number at the start of a line (rag.answer_numbering): "03. ", "2、", "（一）",
+# "No.1 ", not a figure ("1.44平方公里", "3.5").
+ANSWER_NUMBERING = (
+    r"^\s*(?:No\.\s*\d{1,3}\s+|(?:\d{1,3}|[一二三四五六七八九十]{1,3})[.．、](?!\d)\s*|"
+    r"[（(](?:\d{1,3}|[一二三四五六七八九十]{1,3})[）)]\s*)"
+)
 PROMPT_ZH_CITE = (
     "请只根据下面编号的资料回答问题。回答时用 [1]、[2] 这样的编号标明依据的资料。"
     "如果资料中没有答案，就回答“根据已有资料无法回答该问题”，不要编造。\n\n"
@@ -150,6 +158,21 @@ class RagSettings(Section):
     )
     list_answer_en: str = Field(
         LIST_ANSWER_EN, description="The same for questions in other languages."
+    )
+    answer_numbering: str = Field(
+        ANSWER_NUMBERING,
+        description='Regex of a list item\'s number at the start of a line ("03. ", "2、", '
+        '"（一）"). A sentence answer quoted from a numbered item loses its number ("03. 采用了'
+        '…" -> "采用了…": the item answers, not its place in the list); a list question\'s '
+        "answer in a numbered item becomes the list (`list_item_answers`). Empty: never.",
+    )
+    list_item_answers: bool = Field(
+        True,
+        description="A list question (`list_answer_zh` / `_en`) whose answer is in a numbered "
+        "item of its passage's section (`answer_numbering`; a section longer than a chunk is "
+        "read as far as `list_max_chunks`) is answered with every item of that numbered list, "
+        'each its first sentence, one per line: "安全扩展要求包括哪几个方面？" gets the four '
+        "extensions, not the first one the model copied. false: the model's one item.",
     )
     quote_answers: bool = Field(
         True,

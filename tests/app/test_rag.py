@@ -385,6 +385,42 @@ def test_a_list_question_gets_every_row_of_its_table_section(
         assert "\n" not in one["answer"].strip()
 
 
+EXTENSIONS = """# 等级保护
+## 安全扩展要求
+安全扩展要求是采用特定技术或特定应用场景下的等级保护对象需要增加实现的安全要求。包括以下四方面：
+
+01. 云计算安全扩展要求是针对云计算平台提出的安全要求。主要内容包括基础设施的位置和虚拟化安全保护。
+
+02. 移动互联安全扩展要求是针对移动终端、移动应用和无线网络提出的安全要求。
+
+03. 物联网安全扩展要求是针对感知层提出的特殊安全要求。主要内容包括感知节点的物理防护。
+
+04. 工业控制系统安全扩展要求是针对现场控制层和现场设备层提出的特殊安全要求。
+"""
+
+
+def test_a_list_question_gets_every_item_of_its_numbered_list(
+    shared_server: Any, wait_job: Callable[..., dict]
+) -> None:
+    """rag.list_item_answers and rag.answer_numbering through /ask: the packaged Qwen 0.5B on
+    llama.cpp copies one numbered item; a list question is answered with the whole list (its
+    items read from the section's chunks, not only the passages sent), a question for one
+    thing with its item's sentence, without the list number."""
+    live = shared_server("qwen-llamacpp")
+    with _client(live) as client:
+        _ingest(client, "items", {"ext.md": EXTENSIONS}, wait_job)
+        answer = _ask(client, "items", "请列出安全扩展要求", max_tokens=48)
+        assert answer["answer"].splitlines() == [
+            "01. 云计算安全扩展要求是针对云计算平台提出的安全要求。",
+            "02. 移动互联安全扩展要求是针对移动终端、移动应用和无线网络提出的安全要求。",
+            "03. 物联网安全扩展要求是针对感知层提出的特殊安全要求。",
+            "04. 工业控制系统安全扩展要求是针对现场控制层和现场设备层提出的特殊安全要求。",
+        ]
+        assert not any("01." in s["text"] and "04." in s["text"] for s in answer["sources"])
+        one = _ask(client, "items", "物联网安全扩展要求是针对什么提出的？", max_tokens=48)
+        assert one["answer"].startswith("物联网安全扩展要求是针对感知层"), one["answer"]
+
+
 FILM = (
     "《摄影结束》是一部日本电影，由佐藤导演执导。该片于2008年夏天完成拍摄，"
     "2008年12月20日由东宝在日本全国上映，并在东京国际电影节获得提名。"

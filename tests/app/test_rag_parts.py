@@ -351,6 +351,8 @@ def test_short_answer_questions_get_the_short_prompt() -> None:
         "书的名字是什么意思？",
         "四加亭名字的由来是什么？",
         "硬枝黄蝉的名称是怎么来的？",
+        # how a name changed is told by a sentence
+        "等保2.0标准的名称有什么变化？",
     ):
         prompts = Prompts.of(rag, "zh", question)
         assert not prompts.short and prompts.prompt == rag.prompt_zh, question
@@ -724,6 +726,66 @@ def test_a_list_number_answer_becomes_its_item() -> None:
     )
     assert labelled("03.", [passage]) == "03.采用了“一个中心，三重防护”的防护理念和分类结构。"
     assert labelled("07.", [passage]) is None and labelled(" ", [passage]) is None
+
+
+ITEMS = (
+    "#### No.3 安全扩展要求\n安全扩展要求包括以下四方面：\n"
+    "01. 云计算安全扩展要求是针对云计算平台提出的安全要求。主要内容包括基础设施的位置。\n"
+    "针对云计算的说明段落。\n"
+    "02. 移动互联安全扩展要求是针对移动终端提出的安全要求。\n"
+    "（一）一个别样编号的条目。\n"
+    "03. 物联网安全扩展要求是针对感知层的安全要求。\n"
+    "#### No.4 其他\n"
+    "04. 另一个标题下的唯一条目。"
+)
+
+
+def test_a_sentence_answer_loses_its_list_number() -> None:
+    from app.rag.quote import finish, without_numbering
+    from app.settings.rag import ANSWER_NUMBERING
+
+    for numbered, item in (
+        ("03. 采用了“一个中心，三重防护”的防护理念。", "采用了“一个中心，三重防护”的防护理念。"),
+        ("2、应设置机房防盗报警系统。", "应设置机房防盗报警系统。"),
+        ("（一）对象范围扩大。", "对象范围扩大。"),
+        ("No.1 标准的主要特点", "标准的主要特点"),
+    ):
+        assert without_numbering(numbered, ANSWER_NUMBERING) == item
+    # a figure is no list number; a number alone stays; an empty pattern: never
+    for kept in ("1.44平方公里", "3.5倍", "2019年发布", "03."):
+        assert without_numbering(kept, ANSWER_NUMBERING) == kept
+    assert without_numbering("03. 采用了", "") == "03. 采用了"
+    # through finish: the model's copy of the item is quoted without its number
+    passage = "#### No.1 标准的主要特点\n03.采用了“一个中心，三重防护”的防护理念和分类结构。"
+    kwargs: dict[str, Any] = {"min_overlap": 0.5, "unit_pattern": "", "numbering": ANSWER_NUMBERING}
+    question = "等级保护2.0采用的防护理念是什么？"
+    for answer in ("03.", "03. 采用了“一个中心，三重防护”的防护理念"):
+        said = finish(answer, question, [passage], short=False, **kwargs)
+        assert said == "采用了“一个中心，三重防护”的防护理念和分类结构。", answer
+
+
+def test_an_item_answer_to_a_list_question_becomes_its_numbered_list() -> None:
+    from app.rag.quote import item_list
+    from app.settings.rag import ANSWER_NUMBERING as N
+
+    whole = "\n".join(
+        (
+            "01. 云计算安全扩展要求是针对云计算平台提出的安全要求。",
+            "02. 移动互联安全扩展要求是针对移动终端提出的安全要求。",
+            "03. 物联网安全扩展要求是针对感知层的安全要求。",
+        )
+    )
+    # any item, with or without its number, or a part of one: the items numbered the same
+    # way under the same heading, each its first sentence; an item's paragraph and an item
+    # numbered another way are passed over, the next heading ends the list
+    for answer in ("感知层的安全要求", "01. 云计算安全扩展要求", "移动终端"):
+        assert item_list(answer, ["无关的段落。", ITEMS], N) == whole, answer
+    # an answer in no numbered line (the list's lead-in, an item's paragraph), a list of one
+    # item, or no pattern: unchanged
+    for answer in ("安全扩展要求包括以下四方面：", "针对云计算的说明段落。", "唯一条目"):
+        assert item_list(answer, [ITEMS], N) == answer
+    assert item_list("一个别样编号的条目", [ITEMS], N) == "一个别样编号的条目"
+    assert item_list("移动终端", [ITEMS], "") == "移动终端"
 
 
 def test_a_number_answer_gets_its_unit_from_the_passage() -> None:
