@@ -24,6 +24,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,11 @@ def build_kb(data: Path, out: Path, index_headings: bool) -> None:
         services.close()
 
 
-def ask_all(
+def answers(
     args: argparse.Namespace, items: list[dict], data_dir: Path, overrides: dict[str, Any]
-) -> list[dict]:
+) -> Iterator[tuple[dict, dict[str, Any], float]]:
+    """Each item's question asked greedily through ``/ask`` on the ``dengbao`` KB of
+    ``data_dir`` (a real uvicorn server with ``overrides``): (item, response, seconds)."""
     settings = load_settings(
         **{
             "data_dir": data_dir,
@@ -111,7 +114,6 @@ def ask_all(
             **overrides,
         }
     )
-    rows = []
     with run_server(create_app(settings)) as server:
         client = httpx.Client(base_url=server.url, timeout=600)
         for n, item in enumerate(items, start=1):
@@ -122,18 +124,26 @@ def ask_all(
             )
             response.raise_for_status()
             body = response.json()
-            path = body["sources"][0]["heading_path"][-3:] if body["sources"] else []
-            rows.append(
-                {
-                    **item,
-                    "answer": body["answer"],
-                    "section_found": float(path == item["section"]),
-                    "seconds": time.perf_counter() - start,
-                    **score(body["answer"], item),
-                }
-            )
+            yield item, body, time.perf_counter() - start
             if n % 5 == 0 or n == len(items):
                 print(f"  {n}/{len(items)} {body['answer'][:50]!r}", flush=True)
+
+
+def ask_all(
+    args: argparse.Namespace, items: list[dict], data_dir: Path, overrides: dict[str, Any]
+) -> list[dict]:
+    rows = []
+    for item, body, seconds in answers(args, items, data_dir, overrides):
+        path = body["sources"][0]["heading_path"][-3:] if body["sources"] else []
+        rows.append(
+            {
+                **item,
+                "answer": body["answer"],
+                "section_found": float(path == item["section"]),
+                "seconds": seconds,
+                **score(body["answer"], item),
+            }
+        )
     return rows
 
 
@@ -144,13 +154,19 @@ def summary(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, out: str) -> argparse.ArgumentParser:
+    """The arguments of a 等保 bench: the shared data folder, the model, ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("data", nargs="?", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / out))
+    return parser
+
+
+def main() -> None:
+    parser = arguments(__doc__, "lists")
     parser.add_argument("--questions", type=int, default=24)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "lists"))
     args = parser.parse_args()
     data = Path(args.data)
     items = questions(data / "dengbao" / "grade-protection.md", args.questions, args.seed)

@@ -1,0 +1,119 @@
+"""A compliance user's questions over the 等保 2.0 document, through the service's own /ask
+route (not a test).
+
+``bench/questions/dengbao.jsonl`` holds 38 questions a user of the 等保 document asks (what the
+standards are called, which control points a part has, what a requirement says), each with
+the document's own words as its gold answer(s) and, where an answer names several things,
+the ``terms`` it must hold all of. 15 are marked ``dev``: they were asked while the
+answer steps below were designed; the 23 ``held_out`` ones were written before that and not
+looked at while designing. The gold answers quote the document (HummerRisk-docs, GPL-2.0,
+as ../shared/data/README.md says). The document (../shared/data/dengbao) is uploaded once;
+every question is asked greedily through ``POST /v1/knowledge_bases/dengbao/ask`` on a real
+uvicorn server, under two configurations in one run:
+
+- ``before``: the previous release's answer steps (``rag.answer_numbering`` and
+  ``rag.list_item_answers`` off, the previous ``rag.short_answer_zh``);
+- ``defaults``: this release.
+
+Scored per answer with the eval's own metrics (contains, CMRC F1, best over the gold
+answers) and ``complete`` (every term named; without terms, contains), by split; ratios
+are to ``before``.
+
+    .venv/bin/python bench/dengbao_answers.py [../shared/data] [--model M] [--only defaults]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from list_answers import answers, arguments, build_kb  # noqa: E402
+
+from eval.metrics import score_answer  # noqa: E402
+
+QA = ROOT / "bench" / "questions" / "dengbao.jsonl"
+# rag.short_answer_zh of the previous release: "名称有什么变化" counted as a name question
+SHORT_ANSWER_ZH_BEFORE = (
+    r"多少|几(?!乎)|多[大长高远重久宽深厚]|什么时候|何时|哪一?年|哪天|谁|哪里|哪儿|什么地方|"
+    r"哪[个位家国座所支部队省市县条种]|什么职务|什么性|"
+    r"^(?!.*(?:意思|由来|来历|含义|意义|形容|取自|得名|(?<![称名作])为什么|为何|怎样|怎么|如何)).*"
+    r"(?:叫什么|[称作]为什么|名为什么|"
+    r"[简别又原艺初本学笔全曾旧]名|谥号|称号|代号|名称|名字|职业|官职)"
+)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "before": {
+        "rag.answer_numbering": "",
+        "rag.list_item_answers": False,
+        "rag.short_answer_zh": SHORT_ANSWER_ZH_BEFORE,
+    },
+    "defaults": {},
+}
+KEYS = ("contains", "f1", "complete")
+
+
+def score(answer: str, item: dict[str, Any]) -> dict[str, float]:
+    scores = score_answer(answer, item["answers"], "zh")
+    terms = item.get("terms")
+    complete = all(t in answer for t in terms) if terms else bool(scores["contains"])
+    return {"contains": scores["contains"], "f1": scores["f1"], "complete": float(complete)}
+
+
+def ask_all(
+    args: argparse.Namespace, items: list[dict], data_dir: Path, overrides: dict[str, Any]
+) -> list[dict]:
+    rows = []
+    for item, body, seconds in answers(args, items, data_dir, overrides):
+        answer = body["answer"]
+        rows.append({**item, "answer": answer, "seconds": seconds, **score(answer, item)})
+    return rows
+
+
+def summary(rows: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for split in ("all", "dev", "held_out"):
+        sel = [r for r in rows if split == "all" or r["split"] == split]
+        for key in KEYS:
+            out[f"{split} {key}"] = float(np.mean([r[key] for r in sel]))
+    out["p50_s"] = float(np.percentile([r["seconds"] for r in rows], 50))
+    return out
+
+
+def main() -> None:
+    parser = arguments(__doc__, "dengbao")
+    parser.add_argument("--only", choices=sorted(CONFIGS), help="one configuration")
+    args = parser.parse_args()
+    items = [json.loads(line) for line in QA.read_text().splitlines() if line.strip()]
+    out = Path(args.out)
+    build_kb(Path(args.data), out / "kb", index_headings=True)
+    print(f"questions={len(items)} model={args.model}", flush=True)
+    results = {}
+    for name, overrides in CONFIGS.items():
+        if args.only and name != args.only:
+            continue
+        print(name, flush=True)
+        rows = ask_all(args, items, out / "kb", overrides)
+        results[name] = summary(rows)
+        path = out / f"answers-{name}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    old = results.get("before")
+    for key in next(iter(results.values())):
+        cells = []
+        for name, new in results.items():
+            ratio = (
+                f" ({new[key] / old[key]:.2f}x)" if old and old[key] and name != "before" else ""
+            )
+            cells.append(f"{name} {new[key]:.3f}{ratio}")
+        print(f"{key:18s}" + "  |  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
