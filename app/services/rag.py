@@ -9,6 +9,7 @@ whole answers are identical by construction.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -139,14 +140,17 @@ def to_lc_messages(history: list[ChatMessage]) -> list[BaseMessage]:
 
 
 def section_runs(
-    catalog: SqlCatalog, docs: list[Document], reach: int, *, tables: bool
+    catalog: SqlCatalog, docs: list[Document], reach: int, *, tables: bool, numbering: str = ""
 ) -> list[tuple[tuple[str, ...], list[tuple[str, dict[str, Any]]]]]:
     """For each passage (``tables``: only those made of table rows, ``rows`` in the metadata),
     its heading path and the run of its document's chunks under the same headings around it,
     in the document's order (a section longer than a chunk spans several), as (text, chunk
-    metadata); each section once. At most ``reach`` chunks are read on each side of the
-    passage (``rag.list_max_chunks``): the work is bounded by the setting, not the
-    document's size."""
+    metadata); each section once. With ``numbering`` (text sections) the run takes the
+    sub-sections too, and a passage whose own heading is a numbered item
+    (``numbering``: "07. 安全管理机构") is read with its sibling sections, the run under its
+    parent heading: its list is the list of those headings. At most ``reach`` chunks are read
+    on each side of the passage (``rag.list_max_chunks``): the work is bounded by the
+    setting, not the document's size."""
     runs: list[tuple[tuple[str, ...], list[tuple[str, dict[str, Any]]]]] = []
     seen: set[tuple[str, str, tuple[str, ...]]] = set()
     for doc in docs:
@@ -155,11 +159,15 @@ def section_runs(
         path = tuple(meta.get("heading_path") or [])
         if (tables and not meta.get("rows")) or not kb or not doc_id or at is None:
             continue
+        if numbering and path and re.match(numbering, path[-1]):
+            path = path[:-1]
         if (kb, doc_id, path) in seen:
             continue
         seen.add((kb, doc_id, path))
         window = catalog.chunks_of(kb, doc_id, int(at) - reach, int(at) + reach)
-        under = [tuple(chunk.get("heading_path") or []) == path for _, _, chunk in window]
+        # a table: its own headings; a text: its headings or below them (its sub-sections)
+        depth = len(path) if numbering else None
+        under = [tuple(chunk.get("heading_path") or [])[:depth] == path for _, _, chunk in window]
         mine = next((i for i, (_, _, c) in enumerate(window) if c.get("chunk_index") == at), None)
         if mine is None:
             continue
@@ -186,12 +194,14 @@ def table_sections(catalog: SqlCatalog, docs: list[Document], reach: int) -> lis
     return sections
 
 
-def section_texts(catalog: SqlCatalog, docs: list[Document], reach: int) -> list[str]:
-    """The text of each passage's section (``section_runs``), its chunks' overlap read once:
-    a line already read is not read again, and a line a chunk ends in the middle of is
-    completed by the next chunk's whole line."""
+def section_texts(
+    catalog: SqlCatalog, docs: list[Document], reach: int, numbering: str
+) -> list[str]:
+    """The text of each passage's section (``section_runs``; a numbered section with its
+    siblings), its chunks' overlap read once: a line already read is not read again, and a
+    line a chunk ends in the middle of is completed by the next chunk's whole line."""
     texts: list[str] = []
-    for _, run in section_runs(catalog, docs, reach, tables=False):
+    for _, run in section_runs(catalog, docs, reach, tables=False, numbering=numbering):
         lines: list[str] = []
         for text, _ in run:
             for line in text.splitlines():
@@ -563,7 +573,9 @@ class RagService:
         return table_sections(self.kb.catalog, docs, self.settings.list_max_chunks)
 
     def section_texts(self, docs: list[Document]) -> list[str]:
-        return section_texts(self.kb.catalog, docs, self.settings.list_max_chunks)
+        return section_texts(
+            self.kb.catalog, docs, self.settings.list_max_chunks, self.settings.answer_numbering
+        )
 
     async def _passages(
         self,

@@ -172,7 +172,9 @@ class RagSettings(Section):
         "item of its passage's section (`answer_numbering`; a section longer than a chunk is "
         "read as far as `list_max_chunks`) is answered with every item of that numbered list, "
         'each its first sentence, one per line: "安全扩展要求包括哪几个方面？" gets the four '
-        "extensions, not the first one the model copied. false: the model's one item.",
+        "extensions, not the first one the model copied. Items that head sections of their "
+        'own ("07. 安全管理机构") are read with their sibling sections. false: the model\'s one '
+        "item.",
     )
     quote_answers: bool = Field(
         True,

@@ -788,6 +788,73 @@ def test_an_item_answer_to_a_list_question_becomes_its_numbered_list() -> None:
     assert item_list("移动终端", [ITEMS], "") == "移动终端"
 
 
+SECTIONS = (
+    "# 等级保护\n## 安全通用要求\n安全通用要求细分为技术要求和管理要求。\n\n"
+    "01. 安全物理环境\n\n针对物理机房提出的安全控制要求。\n\n"
+    "02. 安全通信网络\n\n针对通信网络提出的安全控制要求。\n\n"
+    "03. 安全区域边界\n\n针对网络边界提出的安全控制要求。\n\n"
+    "## 安全扩展要求\n包括以下三方面：\n"
+    "01. 云计算安全扩展要求是针对云计算平台提出的安全要求。主要内容包括基础设施的位置。\n"
+    "02. 移动互联安全扩展要求是针对移动终端、移动应用和无线网络提出的安全要求。\n"
+    "03. 物联网安全扩展要求是针对感知层提出的特殊安全要求。主要内容包括感知节点的物理防护。\n"
+    "## 其他\n01. 另一个列表的条目。\n02. 又一个。\n"
+)
+
+
+def test_a_numbered_list_is_read_whole_from_the_knowledge_base(tmp_path: Path) -> None:
+    """section_texts over a real catalog: a list longer than a chunk is read from the
+    section's chunks, and numbered headings ("03. 安全区域边界", each its own section) are
+    read with their siblings; item_list makes the answer of either."""
+    from app.rag.quote import item_list
+    from app.services.rag import section_texts
+    from app.settings.rag import ANSWER_NUMBERING as N
+    from ingest.service import KnowledgeBaseService
+
+    settings = load_settings(
+        **{
+            "data_dir": tmp_path / "data",
+            "ingest.workers": 0,
+            "ingest.chunk_size": 80,
+            "ingest.chunk_overlap": 20,
+        }
+    )
+    kb = KnowledgeBaseService.from_settings(settings)
+    try:
+        kb.create_kb("k")
+        doc_id = kb.upload("k", "s.md", SECTIONS.encode()).doc_id
+        kb.pipeline.run_pending(max_jobs=5)
+        chunks = [
+            Document(page_content=text, metadata={**meta, "kb": "k", "doc_id": doc_id})
+            for _, text, meta in kb.catalog.chunks_of("k", doc_id)
+        ]
+
+        def chunk(words: str) -> Document:
+            return next(c for c in chunks if words in c.page_content)
+
+        heading = chunk("03. 安全区域边界")
+        assert heading.metadata["heading_path"][-1] == "03. 安全区域边界"
+        texts = section_texts(kb.catalog, [heading], 40, N)
+        assert item_list("03. 安全区域边界", texts, N) == (
+            "01. 安全物理环境\n02. 安全通信网络\n03. 安全区域边界"
+        )
+        # a list of sentences longer than a chunk: the items of the other chunks too, not
+        # those of the next section's list
+        item = chunk("02. 移动互联")
+        assert "01. 云计算" not in item.page_content and "03. 物联网" not in item.page_content
+        texts = section_texts(kb.catalog, [item], 40, N)
+        assert item_list("移动终端、移动应用和无线网络", texts, N).splitlines() == [
+            "01. 云计算安全扩展要求是针对云计算平台提出的安全要求。",
+            "02. 移动互联安全扩展要求是针对移动终端、移动应用和无线网络提出的安全要求。",
+            "03. 物联网安全扩展要求是针对感知层提出的特殊安全要求。",
+        ]
+        # the reach bounds what is read: the passage's own chunk only
+        assert item_list("03. 安全区域边界", section_texts(kb.catalog, [heading], 0, N), N) == (
+            "03. 安全区域边界"
+        )
+    finally:
+        kb.close()
+
+
 def test_a_number_answer_gets_its_unit_from_the_passage() -> None:
     from app.rag.quote import with_unit
 
