@@ -459,6 +459,7 @@ class RagSettings(Section):
             "answer_list_separators",
             "clause_answer_zh",
             "clause_answer_en",
+            "answer_numbering",
         ):
             try:
                 re.compile(getattr(self, name))

@@ -755,6 +755,8 @@ def test_a_sentence_answer_loses_its_list_number() -> None:
     for kept in ("1.44平方公里", "3.5倍", "2019年发布", "03."):
         assert without_numbering(kept, ANSWER_NUMBERING) == kept
     assert without_numbering("03. 采用了", "") == "03. 采用了"
+    with pytest.raises(ValueError, match="answer_numbering"):
+        load_settings(**{"rag.answer_numbering": "(unclosed"})
     # through finish: the model's copy of the item is quoted without its number
     passage = "#### No.1 标准的主要特点\n03.采用了“一个中心，三重防护”的防护理念和分类结构。"
     kwargs: dict[str, Any] = {"min_overlap": 0.5, "unit_pattern": "", "numbering": ANSWER_NUMBERING}
