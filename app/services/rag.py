@@ -543,7 +543,7 @@ class RagService:
                 self.settings,
                 "".join(held),
                 question,
-                [d.page_content for d in docs],
+                texts,
                 short=prompts.short,
                 language=prompts.language,
                 file_names=[str(d.metadata.get("filename") or "") for d in docs],
@@ -554,16 +554,15 @@ class RagService:
                 sections = await asyncio.to_thread(self.table_sections, docs)
                 final = listed(final, question, sections)
             numbering = self.settings.answer_numbering
-            passages = [d.page_content for d in docs]
             if (
                 prompts.listing
                 and self.settings.list_item_answers
-                and in_numbered_item(final, passages, numbering)
+                and in_numbered_item(final, texts, numbering)
             ):
                 # the answer is an item of a numbered list: the whole list, read from the
                 # passages' sections (a cut passage or a chunk may hold only part of it)
-                texts = await asyncio.to_thread(self.section_texts, docs)
-                final = item_list(final, texts or passages, numbering)
+                sections_read = await asyncio.to_thread(self.section_texts, docs)
+                final = item_list(final, sections_read or texts, numbering)
             yield RagEvent("token", text=final)
         if not gate.answered and answer.grounded:
             # the model said nothing but markers: the passage's own best sentence instead
