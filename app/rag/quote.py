@@ -50,6 +50,33 @@ def has_words(text: str) -> bool:
     return bool(_WORDY.search(text))
 
 
+_LEAD_IN = re.compile(r"^\s*([^\n:：]{2,40}?)\s*[:：]\s*")
+# share of a lead-in's characters and words that must be the prompt's own
+_ECHO_SHARE = 0.8
+
+
+def without_lead_in(answer: str, instructions: Iterable[str], passages: Iterable[str]) -> str:
+    """The answer without an opening that echoes the prompt's instruction: "资料中回答这个问题的
+    原句是：增加附录C…" -> "增加附录C…" (a small model sometimes names what it was asked to
+    write before writing it). The opening is the text before the first colon, when at least
+    ``_ECHO_SHARE`` of its characters and words are in ``instructions`` (the prompt templates)
+    and it is in no passage (a passage's own label, "主要内容：", stays); several in a row
+    go, unless nothing else is left."""
+    known = set().union(*(units(text) for text in instructions))
+    passages = list(passages)
+    rest = answer
+    while found := _LEAD_IN.match(rest):
+        lead = found.group(1)
+        said = units(lead)
+        echoed = sum(count for unit, count in said.items() if unit in known)
+        total = sum(said.values())
+        if not total or echoed < _ECHO_SHARE * total or any(lead in p for p in passages):
+            break
+        rest = rest[found.end() :]
+    # only openings (a loop of them): the answer as it was, for the loop check
+    return rest if has_words(rest) else answer
+
+
 def overlap(answer: str, candidate: str) -> float:
     """Bag-of-units F1 of two texts."""
     a, c = units(answer), units(candidate)
@@ -228,9 +255,34 @@ _CLOSING = "）)」』》”】]"
 _CLAUSE_END = "，,；;。！？!?"
 
 
+def _in_number(line: str, index: int) -> bool:
+    """Whether the character at ``index`` is a comma grouping a number's digits ("1,520")."""
+    return (
+        line[index] == ","
+        and 0 < index < len(line) - 1
+        and line[index - 1].isdigit()
+        and line[index + 1].isdigit()
+    )
+
+
+def find_whole(line: str, core: str, start: int = 0) -> int:
+    """Where ``core`` is in ``line`` (from ``start``) not as a piece of a longer number: "3" is
+    not found in "63千米", nor "20" in "2008年"; -1 when it is nowhere."""
+    at = line.find(core, start)
+    while at >= 0:
+        before = at > 0 and core[0].isdigit() and line[at - 1].isdigit()
+        end = at + len(core)
+        after = end < len(line) and core[-1].isdigit() and line[end].isdigit()
+        if not before and not after:
+            return at
+        at = line.find(core, at + 1)
+    return -1
+
+
 def clauses_of(line: str) -> list[tuple[int, int]]:
     """(start, end) of each clause of a line: text up to and including a comma, semicolon or
-    sentence end that is outside brackets and quotes ("天正3年（1575年，一说…）" is one clause)."""
+    sentence end that is outside brackets and quotes ("天正3年（1575年，一说…）" is one clause)
+    and is no comma grouping a number's digits ("海拔50米至1,520米")."""
     spans: list[tuple[int, int]] = []
     depth, start = 0, 0
     for index, char in enumerate(line):
@@ -238,7 +290,7 @@ def clauses_of(line: str) -> list[tuple[int, int]]:
             depth += 1
         elif char in _CLOSING:
             depth = max(0, depth - 1)
-        elif char in _CLAUSE_END and depth == 0:
+        elif char in _CLAUSE_END and depth == 0 and not _in_number(line, index):
             spans.append((start, index + 1))
             start = index + 1
     if line[start:].strip():
@@ -272,25 +324,39 @@ def with_rest_of_list(answer: str, passages: Iterable[str], separator: str, max_
     return answer
 
 
-def in_clause(answer: str, passages: Iterable[str], max_chars: int) -> str:
+# a bigram, or two characters, in common (``relevance``)
+_SHARED_TERM = 2.0
+
+
+def in_clause(answer: str, passages: Iterable[str], max_chars: int, question: str = "") -> str:
     """A short answer as the clause of its passage that holds it, when that clause is longer
     than the answer and at most ``max_chars`` long: "2008年12月20日" ->
-    "2008年12月20日在日本上映。", "湖南省长沙县东北部" -> "路口镇位于湖南省长沙县东北部。"
-    (a date or place with the event or thing it belongs to). A comma or semicolon ending the
-    clause is dropped, a full stop kept.
+    "2008年12月20日在日本上映。", "湖南省长沙县东北部" -> "路口镇位于湖南省长沙县东北部。",
+    "1694人" -> "2006年人口统计数据为1694人。" (a date, place or number with the event or thing
+    it belongs to). An answer that is a whole clause set off by a comma ("2006年6月，") takes
+    the clause after it when that shares a term with ``question`` (it tells what the question
+    asks about: "2006年6月，茨柏克沃斯基从微软退休。" for "茨柏克沃斯基是何时从微软退休的？").
+    A comma or semicolon ending the clause is dropped, a full stop kept. A number is never
+    found inside a longer one ("3" in "63千米").
     Unchanged otherwise (the answer is in no passage, or its clause is long)."""
     core = answer.strip().rstrip("。.，,；;")
     if max_chars <= 0 or not core:
         return answer
     for line in lines_of(passages):
-        at = line.find(core)
+        at = find_whole(line, core)
         if at < 0:
             continue
-        for start, end in clauses_of(line):
+        spans = clauses_of(line)
+        for index, (start, end) in enumerate(spans):
             if start <= at < end:
+                if at + len(core) > end:  # the answer spans two clauses
+                    return answer
                 clause = line[start:end].strip().rstrip("，,；;")
-                # the answer within one clause, and the clause adds to it
-                fits = at + len(core) <= end and len(core) < len(clause) <= max_chars
+                if clause == core and line[end - 1] in "，," and index + 1 < len(spans):
+                    after = line[end : spans[index + 1][1]]
+                    if relevance(after, question) >= _SHARED_TERM:
+                        clause = line[start : spans[index + 1][1]].strip().rstrip("，,；;")
+                fits = len(core) < len(clause) <= max_chars
                 return clause if fits else answer
     return answer
 
@@ -481,6 +547,7 @@ def finish(
     loop_min_chars: int = 4,
     loop_repeats: int = 0,
     numbering: str = "",
+    instructions: Iterable[str] = (),
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
     name, date, number or place) keeps its words, a number gains its unit, the first item of
@@ -495,8 +562,11 @@ def finish(
     is only a passage's file name (``file_names``), or it only says the question again
     (``restates``; unless the passages say it: ``source_says``), or it loops (``loops``:
     ``loop_repeats`` times the same text); the caller falls back to the passage itself. A
-    sentence answer that starts with a list item's number (``numbering``) loses it."""
+    sentence answer that starts with a list item's number (``numbering``) loses it. An opening
+    that echoes the prompt (``instructions``: "资料中回答这个问题的原句是：") is dropped first
+    (``without_lead_in``)."""
     passages = list(passages)
+    answer = without_lead_in(answer, instructions, passages)
     if names_a_file(answer, file_names) or loops(answer, loop_min_chars, loop_repeats, passages):
         return None
     quoted = None
@@ -506,7 +576,7 @@ def finish(
         result = with_qualifier(result, passages, qualifier_pattern)
         result = with_rest_of_list(result, passages, list_separator, list_max_chars)
         if clause_pattern and re.search(clause_pattern, question):
-            result = in_clause(result, passages, clause_max_chars)
+            result = in_clause(result, passages, clause_max_chars, question)
     else:
         quoted = quote(answer, passages, min_overlap)
         if quoted is None and not has_words(answer):
@@ -557,4 +627,9 @@ def finish_for(
         loop_min_chars=settings.loop_min_chars,
         loop_repeats=settings.loop_repeats,
         numbering=settings.answer_numbering,
+        instructions=(
+            (settings.prompt_zh, settings.prompt_zh_short)
+            if zh
+            else (settings.prompt_en, settings.prompt_en_short)
+        ),
     )

@@ -1009,6 +1009,50 @@ def test_a_when_or_where_answer_becomes_its_clause() -> None:
             load_settings(**{name: "(unclosed"})
 
 
+def test_a_number_or_post_answer_becomes_its_clause_and_a_date_takes_its_event() -> None:
+    """rag.clause_answer_zh: "多少" and "职务" questions get the clause too (the number with
+    what it counts, the post with its term); a date that is a whole clause set off by a comma
+    takes the next clause when that is about the question; a number is never found inside a
+    longer one, and a comma grouping digits ends no clause."""
+    from app.rag.quote import clauses_of, find_whole, finish_for, in_clause
+
+    settings = load_settings().rag
+    passage = (
+        "卡塞雷斯距巴达霍斯63千米。2006年人口统计数据为1694人。至今仍有3座光塔。"
+        "1998年6月至2000年4月任中共温州市委书记。2006年6月，茨柏克沃斯基从微软退休。"
+        "天生三桥位于重庆武隆县仙女山镇，是重庆直辖市级风景名胜区。生长于海拔50米至1,520米的地区。"
+    )
+
+    def ask(answer: str, question: str) -> str | None:
+        return finish_for(settings, answer, question, [passage], short=True, language="zh")
+
+    assert ask("1694人", "在2006年，阿尔坎塔拉地区的人口数量是多少？") == (
+        "2006年人口统计数据为1694人。"
+    )
+    assert ask("中共温州市委书记", "1998年6月至2000年4月，蒋巨峰担任什么职务？") == (
+        "1998年6月至2000年4月任中共温州市委书记。"
+    )
+    # "3" is the 3 of "3座", not of "63千米"
+    assert find_whole(passage, "3") == passage.index("3座")
+    assert find_whole("2008年", "20") == -1
+    assert ask("3", "至今有多少座光塔？") == "至今仍有3座光塔。"
+    # "1,520" is one number, not the end of a clause
+    line = "生长于海拔50米至1,520米的地区，多见。"
+    assert [line[a:b] for a, b in clauses_of(line)] == ["生长于海拔50米至1,520米的地区，", "多见。"]
+    assert ask("50米至1,520米", "海拔约是多少米？") == "生长于海拔50米至1,520米的地区。"
+    # a date set off by a comma: the event, when the question asks about it
+    assert ask("2006年6月", "茨柏克沃斯基是何时从微软退休的？") == (
+        "2006年6月，茨柏克沃斯基从微软退休。"
+    )
+    question = "天生三桥位于什么地方？"
+    whole = "天生三桥位于重庆武隆县仙女山镇"
+    assert in_clause(whole, [passage], 40, question) == whole  # the next clause is not asked
+    assert in_clause("2006年6月", [passage], 30, "何时结婚？") == "2006年6月"
+    assert in_clause("2006年6月", [passage], 10, "茨柏克沃斯基何时退休？") == "2006年6月"
+    # other short questions keep their words
+    assert ask("1694人", "阿尔坎塔拉地区的人口是第几？") == "1694人"
+
+
 def test_the_first_item_of_a_list_becomes_the_list() -> None:
     """rag.answer_list_separators: a short answer that stops at the first of several names or
     posts in its passage gets the rest of the list (to the end of its clause)."""
@@ -1060,3 +1104,36 @@ def test_an_answer_that_loops_is_told_apart() -> None:
     assert said is None
     off = settings.model_copy(update={"loop_repeats": 0})
     assert finish_for(off, stuck, "什么时候上映？", [passage], short=False, language="zh") == stuck
+
+
+def test_an_opening_that_echoes_the_prompt_is_dropped() -> None:
+    """A small model sometimes writes what it was asked for before writing it
+    ("资料中回答这个问题的原句是：…"): the answer the user reads starts after it. A passage's
+    own label stays, and a loop of openings is still told apart (the passage answers)."""
+    from app.rag.quote import finish_for, without_lead_in
+
+    settings = load_settings().rag
+    prompts = (settings.prompt_zh, settings.prompt_zh_short)
+    passage = "增加附录C描述等级保护安全框架和关键技术。主要内容：基础设施的位置。"
+    said = "资料中回答这个问题的原句是：增加附录C描述等级保护安全框架和关键技术。"
+    assert without_lead_in(said, prompts, [passage]) == "增加附录C描述等级保护安全框架和关键技术。"
+    assert (
+        without_lead_in("资料中的原句：资料中的原文：增加附录C", prompts, [passage]) == "增加附录C"
+    )
+    # a passage's label, words of its own, or nothing after the colon: unchanged
+    assert without_lead_in("主要内容：基础设施的位置。", prompts, [passage]) == (
+        "主要内容：基础设施的位置。"
+    )
+    assert without_lead_in("拉萨河的支流有：A、B", prompts, [passage]) == "拉萨河的支流有：A、B"
+    assert without_lead_in("原句是：", prompts, [passage]) == "原句是："
+    assert without_lead_in(said, (), [passage]) == said
+
+    def ask(answer: str, short: bool = False) -> str | None:
+        return finish_for(
+            settings, answer, "附录C描述什么内容？", [passage], short=short, language="zh"
+        )
+
+    assert ask(said) == "增加附录C描述等级保护安全框架和关键技术。"
+    assert ask("资料中的原文：等级保护安全框架", short=True) == "等级保护安全框架"
+    # a loop of the opening alone is no answer (the caller falls back to the passage)
+    assert ask("资料中回答这个问题的原句是：" * 3) is None
