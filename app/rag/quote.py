@@ -151,11 +151,31 @@ def echoes(answer: str, question: str) -> bool:
     return len(core) >= 2 and _PUNCT.sub("", question).lower().startswith(core)
 
 
+# how a passage's heading path is written as its title in the prompt (app.rag.chain.title_of)
+_TITLE_SEPARATOR = " > "
+
+
 def names_a_file(answer: str, file_names: Iterable[str]) -> bool:
-    """Whether the answer is only a passage's file name ("《TRIAL_90.txt》"; brackets,
-    punctuation and case aside): the model pointed at a source instead of answering."""
+    """Whether the answer is only a passage's file name or title ("《TRIAL_90.txt》",
+    "《等级保护2.0 > 主要标准的框架和内容 > No.2 安全通用要求》"; brackets, punctuation and case
+    aside), or a title in the prompt's form that starts like one of the passages' titles and
+    was made up from it ("《等级保护2.0 > 主要标准的框架和内容 > No.1 等保基本要求》"): the model
+    pointed at a source instead of answering."""
     core = _PUNCT.sub("", answer).lower()
-    return bool(core) and any(core == _PUNCT.sub("", name).lower() for name in file_names)
+    if not core:
+        return False
+    names = list(file_names)
+    if any(core == _PUNCT.sub("", name).lower() for name in names):
+        return True
+    inner = answer.strip().strip("《》[]【】 ")
+    if _TITLE_SEPARATOR not in inner or "\n" in inner:
+        return False
+    head = inner.split(_TITLE_SEPARATOR)[0].strip()
+    return any(
+        name.split(_TITLE_SEPARATOR)[0].strip() == head
+        for name in names
+        if _TITLE_SEPARATOR in name
+    )
 
 
 def restates(answer: str, question: str) -> bool:
@@ -550,21 +570,20 @@ def finish(
     instructions: Iterable[str] = (),
 ) -> str | None:
     """The answer as the user reads it. A short answer (``short``: the question asked for a
-    name, date, number or place) keeps its words, a number gains its unit, the first item of
-    a list the rest of it (``list_separator``, ``with_rest_of_list``), and when the
-    question asks when or where (``clause_pattern``) it becomes its clause of the passage up
-    to ``clause_max_chars`` (``in_clause``); any other answer
-    is quoted from the passages when it overlaps one enough (``min_overlap``), else kept.
-    Then, if the model's answer or its quote only repeats the question's subject (a title
-    line quoted for "X以什么为食？"), the sentence that answers replaces it; a sentence answer
-    far less related to the question than the passages' best sentence gives way to it
-    (``checked``). None: the answer has no words and names no list item of the passages, it
-    is only a passage's file name (``file_names``), or it only says the question again
-    (``restates``; unless the passages say it: ``source_says``), or it loops (``loops``:
-    ``loop_repeats`` times the same text); the caller falls back to the passage itself. A
-    sentence answer that starts with a list item's number (``numbering``) loses it. An opening
-    that echoes the prompt (``instructions``: "资料中回答这个问题的原句是：") is dropped first
-    (``without_lead_in``)."""
+    name, date, number or place) keeps its words, a number gains its unit, the first item of a
+    list the rest of it (``list_separator``, ``with_rest_of_list``), and when the question asks
+    when or where (``clause_pattern``) it becomes its clause of the passage up to
+    ``clause_max_chars`` (``in_clause``); any other answer is quoted from the passages when it
+    overlaps one enough (``min_overlap``), else kept. Then, if the model's answer or its quote
+    only repeats the question's subject (a title line quoted for "X以什么为食？"), the sentence that
+    answers replaces it; a sentence answer far less related to the question than the passages'
+    best sentence gives way to it (``checked``). None: the answer has no words and names no list
+    item of the passages, it is only a passage's file name or title (``file_names``: both), or
+    it only says the question again (``restates``; unless the passages say it: ``source_says``),
+    or it loops (``loops``: ``loop_repeats`` times the same text); the caller falls back to the
+    passage itself. A sentence answer that starts with a list item's number (``numbering``)
+    loses it. An opening that echoes the prompt (``instructions``:
+    "资料中回答这个问题的原句是：") is dropped first (``without_lead_in``)."""
     passages = list(passages)
     answer = without_lead_in(answer, instructions, passages)
     if names_a_file(answer, file_names) or loops(answer, loop_min_chars, loop_repeats, passages):

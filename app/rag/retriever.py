@@ -90,10 +90,11 @@ class KnowledgeBaseRetriever(BaseRetriever):
     rerank_candidates: int = Field(20, ge=1)
 
     def relevant(self, doc: Document, query: str) -> bool:
-        """The relevance gate with this retriever's thresholds."""
+        """The relevance gate with this retriever's thresholds (the query in the documents'
+        words: ``KnowledgeBaseSearch.expand``)."""
         return relevant(
             doc,
-            query,
+            self.search.expand(query),
             min_dense_score=self.min_dense_score,
             min_keyword_score=self.min_keyword_score,
             min_coverage=self.min_coverage,
@@ -123,6 +124,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
     ) -> list[Document]:
+        query = self.search.expand(query)  # the documents' words, for the gate and the order
         take = max(self.top_k, self.rerank_candidates) if self.reranker else self.top_k
         docs: list[Document] = []
         for kb in dict.fromkeys(self.knowledge_bases):

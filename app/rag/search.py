@@ -16,6 +16,8 @@ Score scale (one 0-1 scale, higher = more relevant):
 
 from __future__ import annotations
 
+import re
+
 from app.rag.focus import TermRarity
 from app.settings.base import SearchMode
 from ingest.errors import InvalidNameError
@@ -26,6 +28,23 @@ from ingest.versioned import PerKbCache
 MODES: tuple[SearchMode, ...] = ("dense", "keyword", "hybrid")
 
 
+def synonym_pattern(synonyms: dict[str, str]) -> re.Pattern[str] | None:
+    """One pattern of the words to replace, the longest first (None: no words)."""
+    words = sorted(synonyms, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, words))) if words else None
+
+
+def expand(query: str, synonyms: dict[str, str], pattern: re.Pattern[str] | None = None) -> str:
+    """The query with the documents' words in place of the users' (``synonyms``: word ->
+    replacement): "等保2.0的技术要求" -> "等级保护2.0的技术要求". One pass, the longest word
+    first; no replacement contains a replaced word (the setting is checked), so a second pass
+    changes nothing."""
+    pattern = pattern or synonym_pattern(synonyms)
+    if pattern is None:
+        return query
+    return pattern.sub(lambda found: synonyms[found.group()], query)
+
+
 class KnowledgeBaseSearch:
     """Chunks of a knowledge base for a query, best first (see the module for the scores)."""
 
@@ -33,6 +52,11 @@ class KnowledgeBaseSearch:
         self.kb = kb
         self.settings = kb.retrieval
         self._rarity: PerKbCache[TermRarity] = PerKbCache(lambda name: kb.catalog.kb_version(name))
+        self._synonyms = synonym_pattern(self.settings.query_synonyms)
+
+    def expand(self, query: str) -> str:
+        """The query in the documents' words (``retrieval.query_synonyms``, ``expand``)."""
+        return expand(query, self.settings.query_synonyms, self._synonyms)
 
     def rarity(self, kb: str, max_chunks: int = 20000, prior_chunks: int = 100) -> TermRarity:
         """How rare each term is among ``kb``'s chunks (the relevance gate's coverage weights),
@@ -62,6 +86,7 @@ class KnowledgeBaseSearch:
         """NotFoundError for an unknown knowledge base, InputTooLargeError for a query over
         ``embeddings.max_input_chars``, InvalidNameError for an unknown mode."""
         self.kb.embedder.check_text(query, "query")
+        query = self.expand(query)
         self.kb.open_kb(kb)
         k = top_k or self.settings.top_k
         threshold = self.settings.score_threshold if score_threshold is None else score_threshold

@@ -35,6 +35,7 @@ from app.rag.chain import (
     build_rag_chain,
     question_language,
     shell_messages,
+    title_of,
 )
 from app.rag.chat_model import GenerationStats, KbqaChatModel
 from app.rag.citations import CitationFilter, ContentGate
@@ -546,7 +547,11 @@ class RagService:
                 texts,
                 short=prompts.short,
                 language=prompts.language,
-                file_names=[str(d.metadata.get("filename") or "") for d in docs],
+                # what the prompt names each passage by: its file, its title
+                file_names=[
+                    *(str(d.metadata.get("filename") or "") for d in docs),
+                    *(title_of(d) for d in docs),
+                ],
             )
             # None: a list number that names no item of the passages, or only a file name
             final = final or extractive_answer(question, docs)

@@ -197,6 +197,10 @@ class IngestSettings(Section):
         return self
 
 
+# Abbreviations users of the first document sets search with (retrieval.query_synonyms).
+QUERY_SYNONYMS = {"等保": "等级保护"}
+
+
 class RetrievalSettings(Section):
     mode: SearchMode = Field(
         "hybrid", description="Default search mode: dense vectors, BM25 keywords, or both fused."
@@ -216,3 +220,28 @@ class RetrievalSettings(Section):
         gt=0,
         description="BM25 score mapped to 0.5 on the 0-1 scale (score = bm25 / (bm25 + this)).",
     )
+    query_synonyms: dict[str, str] = Field(
+        default_factory=lambda: dict(QUERY_SYNONYMS),
+        description="Words users search with that the documents spell otherwise (an "
+        "abbreviation -> the documents' words), put in their place in every search query and "
+        "in the relevance gate's question (the prompt keeps the user's words): "
+        '"等保2.0的技术要求" is searched as "等级保护2.0的技术要求". Matched as written (longest '
+        "first, case-sensitive, anywhere in the query); a replacement may not contain a word "
+        "replaced. The default knows 等保 (the 等保 document never says it: asked with it, "
+        '"等保定级指南是哪个标准？" was refused). {}: none.',
+        examples=[{"等保": "等级保护", "密评": "商用密码应用安全性评估"}],
+    )
+
+    @field_validator("query_synonyms")
+    @classmethod
+    def _synonyms_settle(cls, value: dict[str, str]) -> dict[str, str]:
+        for word, replacement in value.items():
+            if not word.strip() or not replacement.strip():
+                raise ValueError("retrieval.query_synonyms: empty word or replacement")
+            inside = [w for w in value if w in replacement]
+            if inside:
+                raise ValueError(
+                    f"retrieval.query_synonyms: the replacement of {word!r} contains "
+                    f"{inside[0]!r}, itself replaced"
+                )
+        return value
