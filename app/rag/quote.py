@@ -572,18 +572,18 @@ def finish(
     """The answer as the user reads it. A short answer (``short``: the question asked for a
     name, date, number or place) keeps its words, a number gains its unit, the first item of a
     list the rest of it (``list_separator``, ``with_rest_of_list``), and when the question asks
-    when or where (``clause_pattern``) it becomes its clause of the passage up to
-    ``clause_max_chars`` (``in_clause``); any other answer is quoted from the passages when it
-    overlaps one enough (``min_overlap``), else kept. Then, if the model's answer or its quote
-    only repeats the question's subject (a title line quoted for "X以什么为食？"), the sentence that
-    answers replaces it; a sentence answer far less related to the question than the passages'
-    best sentence gives way to it (``checked``). None: the answer has no words and names no list
-    item of the passages, it is only a passage's file name or title (``file_names``: both), or
-    it only says the question again (``restates``; unless the passages say it: ``source_says``),
-    or it loops (``loops``: ``loop_repeats`` times the same text); the caller falls back to the
-    passage itself. A sentence answer that starts with a list item's number (``numbering``)
-    loses it. An opening that echoes the prompt (``instructions``:
-    "资料中回答这个问题的原句是：") is dropped first (``without_lead_in``)."""
+    when, where, how many or which post (``clause_pattern``) it becomes its clause of the
+    passage up to ``clause_max_chars`` (``in_clause``); any other answer is quoted from the
+    passages when it overlaps one enough (``min_overlap``), else kept. Then, if the model's
+    answer or its quote only repeats the question's subject (a title line quoted for
+    "X以什么为食？"), the sentence that answers replaces it; a sentence answer far less related
+    to the question than the passages' best sentence gives way to it (``checked``). None: the
+    answer has no words and names no list item of the passages, it is only a passage's file name
+    or title (``file_names``: both), or it only says the question again (``restates``; unless
+    the passages say it: ``source_says``), or it loops (``loops``: ``loop_repeats`` times the
+    same text); the caller falls back to the passage itself. A sentence answer that starts with
+    a list item's number (``numbering``) loses it. An opening that echoes the prompt
+    (``instructions``: "资料中回答这个问题的原句是：") is dropped first (``without_lead_in``)."""
     passages = list(passages)
     answer = without_lead_in(answer, instructions, passages)
     if names_a_file(answer, file_names) or loops(answer, loop_min_chars, loop_repeats, passages):

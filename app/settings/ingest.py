@@ -228,7 +228,8 @@ class RetrievalSettings(Section):
         '"等保2.0的技术要求" is searched as "等级保护2.0的技术要求". Matched as written (longest '
         "first, case-sensitive, anywhere in the query); a replacement may not contain a word "
         "replaced. The default knows 等保 (the 等保 document never says it: asked with it, "
-        '"等保定级指南是哪个标准？" was refused). {}: none.',
+        '"等保基本要求的标准号是什么？" missed the standards table; bench/dengbao_answers.py). '
+        "{}: none.",
         examples=[{"等保": "等级保护", "密评": "商用密码应用安全性评估"}],
     )
 
