@@ -34,6 +34,7 @@ from app.rag.passage import Passage
 from app.services.container import Services
 from app.services.rag import RagEvent
 from app.settings import load_settings
+from app.settings.ingest import RetrievalSettings
 from ingest.errors import (
     ConflictError,
     DocumentError,
@@ -63,7 +64,7 @@ class FakeKbService:
     def __init__(self, error: IngestError | None = None) -> None:
         self.error = error
         self.ingest_settings = SimpleNamespace(max_file_bytes=100, max_files_per_request=3)
-        self.retrieval = SimpleNamespace(mode="hybrid")
+        self.retrieval = RetrievalSettings()  # the real defaults (search reads them)
         self.embeddings = SimpleNamespace(name="fake-embeddings")
         self.embedder = SimpleNamespace(check_text=self._fail, embed=self._fail)
 
