@@ -329,7 +329,7 @@ def with_rest_of_list(answer: str, passages: Iterable[str], separator: str, max_
         return answer
     follows = re.compile(separator)
     for line in lines_of(passages):
-        at = line.find(core)
+        at = find_whole(line, core)
         if at < 0:
             continue
         end = at + len(core)

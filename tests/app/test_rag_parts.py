@@ -1090,6 +1090,10 @@ def test_the_first_item_of_a_list_becomes_the_list() -> None:
     assert with_rest_of_list("九江推官", [passage], separators, 6) == "九江推官"
     assert with_rest_of_list("九江推官", [passage], "", 80) == "九江推官"
     assert with_rest_of_list("九江知府", [passage], separators, 80) == "九江知府"
+    # a number is the item only where it stands alone, not inside "13、14"
+    lines = ["第13、14届由他主持。3号线通车。"]
+    assert with_rest_of_list("3", lines, separators, 80) == "3"
+    assert with_rest_of_list("13", lines, separators, 80) == "13、14届由他主持"
     said = finish_for(
         settings, "九江推官", "李日华进士及第后担任什么官职？", [passage], short=True, language="zh"
     )
