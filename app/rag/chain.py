@@ -90,10 +90,14 @@ class Prompts:
         return PromptTemplate.from_template(self.passage.replace("{text}", "{page_content}"))
 
 
+# how a passage's heading path is written as its title in the prompt
+TITLE_SEPARATOR = " > "
+
+
 def title_of(doc: Document) -> str:
     path = [p for p in doc.metadata.get("heading_path") or [] if p]
     name = str(doc.metadata.get("filename") or "")
-    return " > ".join(path) if path else name
+    return TITLE_SEPARATOR.join(path) if path else name
 
 
 @dataclass

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from app.rag.chain import TITLE_SEPARATOR
 from app.rag.focus import GAP, DistinctiveRelevance, relevance
 from ingest.loaders import row_marks, row_requirement
 from ingest.splitter import split_sentences
@@ -151,10 +152,6 @@ def echoes(answer: str, question: str) -> bool:
     return len(core) >= 2 and _PUNCT.sub("", question).lower().startswith(core)
 
 
-# how a passage's heading path is written as its title in the prompt (app.rag.chain.title_of)
-_TITLE_SEPARATOR = " > "
-
-
 def names_a_file(answer: str, file_names: Iterable[str]) -> bool:
     """Whether the answer is only a passage's file name or title ("《TRIAL_90.txt》",
     "《等级保护2.0 > 主要标准的框架和内容 > No.2 安全通用要求》"; brackets, punctuation and case
@@ -168,13 +165,11 @@ def names_a_file(answer: str, file_names: Iterable[str]) -> bool:
     if any(core == _PUNCT.sub("", name).lower() for name in names):
         return True
     inner = answer.strip().strip("《》[]【】 ")
-    if _TITLE_SEPARATOR not in inner or "\n" in inner:
+    if TITLE_SEPARATOR not in inner or "\n" in inner:
         return False
-    head = inner.split(_TITLE_SEPARATOR)[0].strip()
+    head = inner.split(TITLE_SEPARATOR)[0].strip()
     return any(
-        name.split(_TITLE_SEPARATOR)[0].strip() == head
-        for name in names
-        if _TITLE_SEPARATOR in name
+        name.split(TITLE_SEPARATOR)[0].strip() == head for name in names if TITLE_SEPARATOR in name
     )
 
 
@@ -207,6 +202,24 @@ def adds_nothing(sentence: str, question: str) -> bool:
     return not (units(sentence) - units(question))
 
 
+def whole_matches(text: str, core: str, start: int = 0) -> Iterator[int]:
+    """Where ``core`` is in ``text`` (from ``start``), in order, never as a piece of a longer
+    number: "3" is not found in "63千米", nor "16" in "216", nor "20" in "2008年"."""
+    at = text.find(core, start)
+    while at >= 0:
+        before = at > 0 and core[0].isdigit() and text[at - 1].isdigit()
+        end = at + len(core)
+        after = end < len(text) and core[-1].isdigit() and text[end].isdigit()
+        if not before and not after:
+            yield at
+        at = text.find(core, at + 1)
+
+
+def find_whole(line: str, core: str, start: int = 0) -> int:
+    """The first of ``whole_matches``; -1 when there is none."""
+    return next(whole_matches(line, core, start), -1)
+
+
 def with_unit(answer: str, passages: Iterable[str], unit_pattern: str) -> str:
     """A number answer followed in the passage by a unit or measure word (``unit_pattern``,
     matched right after it) gets that unit: "81.6万" -> "81.6万册". Unchanged otherwise."""
@@ -215,15 +228,10 @@ def with_unit(answer: str, passages: Iterable[str], unit_pattern: str) -> str:
         return answer
     unit = re.compile(unit_pattern)
     for passage in passages:
-        start = passage.find(core)
-        while start >= 0:
-            end = start + len(core)
-            # a whole number, not the tail of a longer one ("16" inside "216")
-            if not (start and passage[start - 1].isdigit()):
-                found = unit.match(passage, end)
-                if found and found.group():
-                    return core + found.group()
-            start = passage.find(core, start + 1)
+        for start in whole_matches(passage, core):
+            found = unit.match(passage, start + len(core))
+            if found and found.group():
+                return core + found.group()
     return answer
 
 
@@ -236,13 +244,10 @@ def with_suffix(answer: str, passages: Iterable[str], suffix_pattern: str) -> st
         return answer
     suffix = re.compile(suffix_pattern)
     for passage in passages:
-        start = passage.find(core)
-        while start >= 0:
-            # the answer itself, not the tail of a longer number ("3" inside "13（…）")
-            if not (start and core[0].isdigit() and passage[start - 1].isdigit()):
-                found = suffix.match(passage, start + len(core))
-                return core + found.group() if found and found.group() else answer
-            start = passage.find(core, start + 1)
+        # the answer itself, not a piece of a longer number ("3" inside "13（…）")
+        for start in whole_matches(passage, core):
+            found = suffix.match(passage, start + len(core))
+            return core + found.group() if found and found.group() else answer
     return answer
 
 
@@ -259,14 +264,10 @@ def with_qualifier(answer: str, passages: Iterable[str], qualifier_pattern: str)
         return answer
     qualifier = re.compile(rf"(?:{qualifier_pattern})+$")  # "约只有": one or more
     for passage in passages:
-        start = passage.find(core)
-        while start >= 0:
-            # a whole number, not the tail of a longer one ("16" inside "216")
-            if not (start and passage[start - 1].isdigit()):
-                found = qualifier.search(passage, max(0, start - 8), start)
-                if found and found.group():
-                    return found.group() + core
-            start = passage.find(core, start + 1)
+        for start in whole_matches(passage, core):
+            found = qualifier.search(passage, max(0, start - 8), start)
+            if found and found.group():
+                return found.group() + core
     return answer
 
 
@@ -283,20 +284,6 @@ def _in_number(line: str, index: int) -> bool:
         and line[index - 1].isdigit()
         and line[index + 1].isdigit()
     )
-
-
-def find_whole(line: str, core: str, start: int = 0) -> int:
-    """Where ``core`` is in ``line`` (from ``start``) not as a piece of a longer number: "3" is
-    not found in "63千米", nor "20" in "2008年"; -1 when it is nowhere."""
-    at = line.find(core, start)
-    while at >= 0:
-        before = at > 0 and core[0].isdigit() and line[at - 1].isdigit()
-        end = at + len(core)
-        after = end < len(line) and core[-1].isdigit() and line[end].isdigit()
-        if not before and not after:
-            return at
-        at = line.find(core, at + 1)
-    return -1
 
 
 def clauses_of(line: str) -> list[tuple[int, int]]:
