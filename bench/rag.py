@@ -9,7 +9,8 @@
    from ARAGOG when present, and every on-topic question again with its own file left out of
    the search and the term counts): share kept / refused for a grid of
    (rag.min_dense_score, rag.min_keyword_score, rag.min_question_coverage), coverage counted
-   flat and by rarity (rag.coverage_by_rarity).
+   flat and by rarity (rag.coverage_by_rarity); then, at the settings' values, a grid of the
+   dense similarity that passes alone (rag.min_dense_score_alone).
 
     .venv/bin/python bench/rag.py [../shared/data] [--questions 20] [--calibrate]
 """
@@ -98,7 +99,9 @@ async def run(args: argparse.Namespace) -> None:
             f"{kb.embeddings.name} top_k={rag.default_top_k} max_tokens={args.max_tokens}"
         )
         if args.calibrate:
-            calibrate(kb, qa, held_out, Path(args.data), settings.rag)
+            # the gate as configured (the services above run without it)
+            gate = load_settings(**{"data_dir": workdir}).rag
+            calibrate(kb, qa, held_out, Path(args.data), gate)
             return
         known = {f.name for f in files}
         questions = [q["question"] for q in qa if q["source"] in known][: args.questions]
@@ -218,14 +221,16 @@ def calibrate(
         scores[label] = rows
         print(f"{label:>6} n={len(rows)}", flush=True)
 
-    def kept(rows: list[Row], md: float, mk: float, mc: float, by_rarity: bool) -> float:
+    def kept(
+        rows: list[Row], md: float, mk: float, mc: float, by_rarity: bool, alone: float = 0.0
+    ) -> float:
         if not rows:
             return float("nan")
         return float(
             np.mean(
                 [
                     any(
-                        (d >= md or k >= mk) and (r if by_rarity else c) >= mc
+                        (0 < alone <= d) or ((d >= md or k >= mk) and (r if by_rarity else c) >= mc)
                         for d, k, c, r in hits
                     )
                     for hits in rows
@@ -253,6 +258,28 @@ def calibrate(
                         f"{1 - kept(scores['off_en'], md, mk, mc, by_rarity):10.3f}  "
                         f"{1 - kept(off_all, md, mk, mc, by_rarity):25.3f}"
                     )
+    md, mk, mc, by = (
+        rag.min_dense_score,
+        rag.min_keyword_score,
+        rag.min_question_coverage,
+        rag.coverage_by_rarity,
+    )
+    print(
+        f"\nwith the settings' gate ({md}/{mk}/{mc}), a dense similarity that passes alone "
+        "(rag.min_dense_score_alone, 0: off):"
+    )
+    print(
+        "dense alone  on-topic kept  leave-one-out refused  held-out zh refused  en refused  "
+        "off-topic (zh+en) refused"
+    )
+    for alone in (0.0, 0.88, 0.885, 0.89, 0.895, 0.9, 0.91):
+        print(
+            f"{alone:11.3f}  {kept(scores['on'], md, mk, mc, by, alone):13.3f}  "
+            f"{1 - kept(scores['loo'], md, mk, mc, by, alone):21.3f}  "
+            f"{1 - kept(scores['off_zh'], md, mk, mc, by, alone):19.3f}  "
+            f"{1 - kept(scores['off_en'], md, mk, mc, by, alone):10.3f}  "
+            f"{1 - kept(off_all, md, mk, mc, by, alone):25.3f}"
+        )
 
 
 def main() -> None:

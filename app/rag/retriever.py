@@ -6,7 +6,9 @@ relevance gate: a passage is kept only when its dense similarity reaches ``min_d
 or its keyword score reaches ``min_keyword_score``, and it has (with its heading path) at
 least ``min_coverage`` of the question's terms, each weighted by how rare it is among the
 knowledge base's chunks (a passage on a neighbouring topic scores high on both, and shares
-the question's common terms, yet lacks the name the question asks about). Passages of equal
+the question's common terms, yet lacks the name the question asks about); or when its dense
+similarity reaches ``dense_score_alone``, a closeness in meaning that neighbouring topics do
+not reach, whatever words it shares. Passages of equal
 score (fusion ties a document's two chunks that the two searches rank in opposite orders) go
 in order of that coverage: the model reads the first passage most. An empty result
 means "nothing in the knowledge bases answers this": the chain then refuses (or falls back)
@@ -56,14 +58,18 @@ def relevant(
     min_keyword_score: float = 0.0,
     min_coverage: float = 0.0,
     rarity: TermRarity | None = None,
+    dense_score_alone: float = 0.0,
 ) -> bool:
     """The relevance gate (all thresholds 0: every passage passes); ``rarity``: see
-    ``question_coverage``."""
+    ``question_coverage``; ``dense_score_alone`` (0: never): a dense similarity that passes
+    without the other checks."""
+    dense = doc.metadata.get("dense_score")
+    if dense_score_alone > 0 and dense is not None and dense >= dense_score_alone:
+        return True
     if min_coverage > 0 and question_coverage(doc, query, rarity) < min_coverage:
         return False
     if min_dense_score <= 0 and min_keyword_score <= 0:
         return True
-    dense = doc.metadata.get("dense_score")
     keyword = doc.metadata.get("keyword_score")
     return (dense is not None and min_dense_score > 0 and dense >= min_dense_score) or (
         keyword is not None and min_keyword_score > 0 and keyword >= min_keyword_score
@@ -83,6 +89,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
     min_dense_score: float = Field(0.0, ge=0, le=1)
     min_keyword_score: float = Field(0.0, ge=0, le=1)
     min_coverage: float = Field(0.0, ge=0, le=1)
+    dense_score_alone: float = Field(0.0, ge=0, le=1)
     coverage_by_rarity: bool = True
     rarity_max_chunks: int = Field(20000, ge=1)
     rarity_prior_chunks: int = Field(100, ge=0)
@@ -99,6 +106,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
             min_keyword_score=self.min_keyword_score,
             min_coverage=self.min_coverage,
             rarity=self.rarity_of(doc) if self.min_coverage > 0 else None,
+            dense_score_alone=self.dense_score_alone,
         )
 
     def rarity_of(self, doc: Document) -> TermRarity | None:

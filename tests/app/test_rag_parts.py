@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from langchain_core.documents import Document
@@ -14,7 +16,29 @@ from langchain_core.documents import Document
 from app.llm.base import ChatMessage
 from app.rag.chain import Budget, Prompts, number_documents, question_language
 from app.settings import load_settings
+from app.settings.rag import RagSettings
 from ingest.splitter import split_sentences
+
+if TYPE_CHECKING:
+    from ingest.service import KnowledgeBaseService
+
+
+@contextmanager
+def knowledge_base(tmp_path: Path, docs: dict[str, str]) -> Iterator[KnowledgeBaseService]:
+    """A real knowledge base "k" holding ``docs`` (file name -> text), ingested."""
+    from ingest.service import KnowledgeBaseService
+
+    settings = load_settings(**{"data_dir": tmp_path / "data", "ingest.workers": 0})
+    kb = KnowledgeBaseService.from_settings(settings)
+    try:
+        kb.create_kb("k")
+        for name, text in docs.items():
+            kb.upload("k", name, text.encode())
+        kb.pipeline.run_pending(max_jobs=len(docs) + 1)
+        yield kb
+    finally:
+        kb.close()
+
 
 LONG = (
     "The first sentence talks about towers. The second sentence talks about bridges! "
@@ -500,6 +524,9 @@ def test_relevance_gate_needs_the_question_terms() -> None:
     # a retry query: the earlier question, then the elliptical follow-up
     assert gate(right, f"{question}\n他的妻子叫什么？")
     assert relevant(near, question)  # no thresholds: every passage passes
+    # closer in meaning than this, a passage passes alone (rag.min_dense_score_alone)
+    assert gate(near, question, dense_score_alone=0.895)
+    assert not gate(near, question, dense_score_alone=0.95)
 
 
 def test_the_gate_weighs_the_question_terms_by_their_rarity(tmp_path: Path) -> None:
@@ -510,7 +537,6 @@ def test_the_gate_weighs_the_question_terms_by_their_rarity(tmp_path: Path) -> N
     from app.rag.focus import TermRarity, coverage
     from app.rag.retriever import KnowledgeBaseRetriever
     from app.rag.search import KnowledgeBaseSearch
-    from ingest.service import KnowledgeBaseService
 
     docs = {
         "gongli.txt": "中华基督教会公理高中书院\n中华基督教会公理高中书院是一间位于香港铜锣湾的"
@@ -520,13 +546,7 @@ def test_the_gate_weighs_the_question_terms_by_their_rarity(tmp_path: Path) -> N
         "huaren.txt": "华仁书院\n华仁书院是一间位于香港湾仔的天主教男子中学，由耶稣会开办。",
         "chongji.txt": "崇基学院\n崇基学院是香港中文大学的成员书院，位于沙田马料水。",
     }
-    settings = load_settings(**{"data_dir": tmp_path / "data", "ingest.workers": 0})
-    kb = KnowledgeBaseService.from_settings(settings)
-    try:
-        kb.create_kb("k")
-        for name, text in docs.items():
-            kb.upload("k", name, text.encode())
-        kb.pipeline.run_pending(max_jobs=10)
+    with knowledge_base(tmp_path, docs) as kb:
         search = KnowledgeBaseSearch(kb)
         # the coverage part alone (no dense or keyword threshold), every passage searched
         weighted = KnowledgeBaseRetriever(
@@ -555,8 +575,6 @@ def test_the_gate_weighs_the_question_terms_by_their_rarity(tmp_path: Path) -> N
             sample.chunks == 2
             and sample.frequency == KnowledgeBaseSearch(kb).rarity("k", 2).frequency
         )
-    finally:
-        kb.close()
     # a KB of a few chunks on one topic (a requirement table's rows under their headings):
     # the terms asked about are in all of them, so counted as they are they weigh nothing
     # and the passages that answer fail; the prior's imagined chunks
@@ -571,6 +589,47 @@ def test_the_gate_weighs_the_question_terms_by_their_rarity(tmp_path: Path) -> N
     question = "第三级系统的访问控制有哪些要求？"
     assert coverage(chunks[0], question, TermRarity(chunks, prior_chunks=0)) < 0.1
     assert coverage(chunks[0], question, TermRarity(chunks, prior_chunks=100)) >= 0.35
+
+
+def test_a_passage_this_close_in_meaning_passes_the_gate_alone(tmp_path: Path) -> None:
+    """``rag.min_dense_score_alone``: "蓍的叶子有什么特点？" is worded unlike the passage that
+    answers it (叶为披针形…: "叶子" and "特点" are not in it), which covers too little of it for
+    the gate, yet is closer in meaning than any neighbouring topic gets (real embeddings,
+    BM25, Chroma, the default gate): it is answered, and a plant the KB does not hold is
+    still refused. With 0 (the previous gate) the first is refused too."""
+    from app.rag.retriever import KnowledgeBaseRetriever, question_coverage
+    from app.rag.search import KnowledgeBaseSearch
+
+    docs = {
+        "shi.txt": "蓍\n蓍又名千叶蓍、锯草，是菊科蓍属的多年生草本植物，分布在蒙古、欧洲以及中国"
+        "东北等地。根茎匍匐，茎直立，株高20－100厘米；叶为披针形或近条形，长5－20厘米，有羽状"
+        "深裂，边缘有锐锯齿；花为伞房状花序。",
+        "ai.txt": "艾\n艾是菊科蒿属的多年生草本植物，植株有浓烈香气。茎单生或少数，高80－150厘米，"
+        "有明显纵棱。",
+        "ju.txt": "菊花\n菊花是菊科菊属的多年生草本植物，原产中国，品种繁多，花色有红、黄、白、紫"
+        "等。",
+        "song.txt": "马尾松\n马尾松是松科松属的常绿乔木，高可达45米，树皮红褐色，针叶两针一束。",
+    }
+    rag = RagSettings()
+    with knowledge_base(tmp_path, docs) as kb:
+        gate = KnowledgeBaseRetriever(
+            search=KnowledgeBaseSearch(kb),
+            knowledge_bases=["k"],
+            top_k=3,
+            min_dense_score=rag.min_dense_score,
+            min_keyword_score=rag.min_keyword_score,
+            min_coverage=rag.min_question_coverage,
+            dense_score_alone=rag.min_dense_score_alone,
+        )
+        question = "蓍的叶子有什么特点？"
+        [passage] = gate.invoke(question)
+        assert passage.metadata["filename"] == "shi.txt"
+        assert passage.metadata["dense_score"] >= rag.min_dense_score_alone
+        assert question_coverage(passage, question, gate.rarity_of(passage)) < (
+            rag.min_question_coverage
+        )
+        assert gate.invoke("蒲公英的叶子有什么特点？") == []  # not in the KB
+        assert gate.model_copy(update={"dense_score_alone": 0.0}).invoke(question) == []
 
 
 def test_passages_of_equal_score_go_in_order_of_how_much_of_the_question_they_cover(
