@@ -68,13 +68,14 @@ CLAUSE_ANSWER_ZH = r"什么时候|何时|哪一?年|哪天|哪里|哪儿|什么�
 SHORT_ANSWER_ZH = (
     r"多少|几(?!乎)|多[大长高远重久宽深厚]|什么时候|何时|哪一?年|哪天|谁|哪里|哪儿|什么地方|"
     r"哪[个位家国座所支部队省市县条种]|什么职务|什么性|"
-    # a name: "简称是什么", "又名什么", "叫什么", "被称为什么" (not what a name means, where it
-    # comes from, or why or how it is)
-    r"^(?!.*(?:意思|由来|来历|含义|意义|形容|取自|得名|(?<![称名作])为什么|为何|怎样|怎么|如何|"
+    # a name: "简称是什么", "又名什么", "古称什么", "叫什么", "被称为什么", "被誉为什么", a
+    # transliteration, a post ("位居何职") (not what a name means, where it comes from, or why
+    # or how it is)
+    r"^(?!.*(?:意思|由来|来历|含义|意义|形容|取自|得名|(?<![称名作誉之])为什么|为何|怎样|怎么|如何|"
     # how a name changed or differs ("名称有什么变化") is told by a sentence
     r"变化|改变|区别|不同|差别|差异)).*"
-    r"(?:叫什么|[称作]为什么|名为什么|"
-    r"[简别又原艺初本学笔全曾旧]名|谥号|称号|代号|名称|名字|职业|官职)"
+    r"(?:叫什么|[称作]为什么|名为什么|称之为什么|誉为什么|美誉|何职|音译|"
+    r"[简别又原艺初本学笔全曾旧俗]名|[简别古俗史旧自]称|谥号|称号|代号|名称|名字|职业|官职)"
 )
 SHORT_ANSWER_EN = (
     r"(?i)^\s*(who|whom|when|where|which|what year|"

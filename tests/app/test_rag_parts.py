@@ -363,6 +363,14 @@ def test_short_answer_questions_get_the_short_prompt() -> None:
         "该棱柱被称为什么？",
         "浮龙最初由古生物学家命名为什么？",
         "李日华进士及第后担任什么官职？",
+        # an abbreviation, an old or common name, a title of honour, a post
+        "首钢是什么的简称？",
+        "赛里木湖古称什么？",
+        "龙胆又被称之为什么？",
+        "如今的赛里木湖被誉为什么？",
+        "王爱爱有什么美誉？",
+        "温泉关的音译是什么？",
+        "太平兴国初年，楚昭辅位居何职？",
     )
     for question in asked:
         prompts = Prompts.of(rag, "zh", question)
@@ -377,6 +385,7 @@ def test_short_answer_questions_get_the_short_prompt() -> None:
         "硬枝黄蝉的名称是怎么来的？",
         # how a name changed is told by a sentence
         "等保2.0标准的名称有什么变化？",
+        "为什么2008年NBA总决赛被誉为梦幻对决？",
     ):
         prompts = Prompts.of(rag, "zh", question)
         assert not prompts.short and prompts.prompt == rag.prompt_zh, question
