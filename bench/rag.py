@@ -10,7 +10,8 @@
    the search and the term counts): share kept / refused for a grid of
    (rag.min_dense_score, rag.min_keyword_score, rag.min_question_coverage), coverage counted
    flat and by rarity (rag.coverage_by_rarity); then, at the settings' values, a grid of the
-   dense similarity that passes alone (rag.min_dense_score_alone).
+   dense similarity that passes alone (rag.min_dense_score_alone) by its margin over the
+   question's reference chunk (rag.dense_alone_margin).
 
     .venv/bin/python bench/rag.py [../shared/data] [--questions 20] [--calibrate]
 """
@@ -189,8 +190,9 @@ def calibrate(
     extra = 60  # candidates fetched beyond k, so k remain without the left-out file's chunks
     search.dense = lambda name, q, k: without(dense(name, q, k + extra), k)  # type: ignore[method-assign]
     search.keyword = lambda name, q, k: without(keyword(name, q, k + extra), k)  # type: ignore[method-assign]
-    # per question, per hit (top 3, as rag.top_k): (dense, keyword, coverage, rarity coverage)
-    Row = list[tuple[float, float, float, float]]
+    # per question, per hit (top 3, as rag.top_k): (dense, keyword, coverage, rarity coverage,
+    # the question's reference similarity: rag.dense_reference_rank)
+    Row = list[tuple[float, float, float, float, float]]
     scores: dict[str, list[Row]] = {}
     sets = (("on", on, False), ("off_zh", off_zh, False), ("off_en", off_en, False))
     for label, items, loo in (*sets, ("loo", on, True)):
@@ -202,6 +204,8 @@ def calibrate(
                 chunks = by_file.get(item["source"], [])
                 rarity = _Without(whole, TermRarity(chunks).frequency, len(chunks))
             hits = search.search("cmrc", item["question"], 3, 0.0, "hybrid")
+            nearest = search.dense("cmrc", item["question"], rag.dense_reference_rank)
+            reference = nearest[-1][1] if nearest else 1.0
             left_out["file"] = None
             question = item["question"]
             texts = [
@@ -214,6 +218,7 @@ def calibrate(
                         h.keyword_score or 0.0,
                         coverage(text, question),
                         coverage(text, question, rarity),
+                        reference,
                     )
                     for h, text in zip(hits, texts, strict=True)
                 ]
@@ -222,7 +227,13 @@ def calibrate(
         print(f"{label:>6} n={len(rows)}", flush=True)
 
     def kept(
-        rows: list[Row], md: float, mk: float, mc: float, by_rarity: bool, alone: float = 0.0
+        rows: list[Row],
+        md: float,
+        mk: float,
+        mc: float,
+        by_rarity: bool,
+        alone: float = 0.0,
+        margin: float = 0.0,
     ) -> float:
         if not rows:
             return float("nan")
@@ -230,8 +241,9 @@ def calibrate(
             np.mean(
                 [
                     any(
-                        (0 < alone <= d) or ((d >= md or k >= mk) and (r if by_rarity else c) >= mc)
-                        for d, k, c, r in hits
+                        (0 < alone <= d and d - ref >= margin)
+                        or ((d >= md or k >= mk) and (r if by_rarity else c) >= mc)
+                        for d, k, c, r, ref in hits
                     )
                     for hits in rows
                 ]
@@ -266,19 +278,26 @@ def calibrate(
     )
     print(
         f"\nwith the settings' gate ({md}/{mk}/{mc}), a dense similarity that passes alone "
-        "(rag.min_dense_score_alone, 0: off):"
+        "(rag.min_dense_score_alone, 0: off) when it stands a margin above the question's "
+        f"{rag.dense_reference_rank}th nearest chunk (rag.dense_alone_margin, "
+        "rag.dense_reference_rank):"
     )
     print(
-        "dense alone  on-topic kept  leave-one-out refused  held-out zh refused  en refused  "
-        "off-topic (zh+en) refused"
+        "dense alone  margin  on-topic kept  leave-one-out refused  held-out zh refused  "
+        "en refused  off-topic (zh+en) refused"
     )
-    for alone in (0.0, 0.88, 0.885, 0.89, 0.895, 0.9, 0.91):
+    for alone, margin in (
+        (0.0, 0.0),
+        *((a, 0.0) for a in (0.88, 0.885, 0.89, 0.895, 0.9, 0.91)),
+        *((a, m) for a in (0.885, 0.89, 0.895) for m in (0.02, 0.03, 0.035, 0.04, 0.05)),
+    ):
         print(
-            f"{alone:11.3f}  {kept(scores['on'], md, mk, mc, by, alone):13.3f}  "
-            f"{1 - kept(scores['loo'], md, mk, mc, by, alone):21.3f}  "
-            f"{1 - kept(scores['off_zh'], md, mk, mc, by, alone):19.3f}  "
-            f"{1 - kept(scores['off_en'], md, mk, mc, by, alone):10.3f}  "
-            f"{1 - kept(off_all, md, mk, mc, by, alone):25.3f}"
+            f"{alone:11.3f}  {margin:6.3f}  "
+            f"{kept(scores['on'], md, mk, mc, by, alone, margin):13.3f}  "
+            f"{1 - kept(scores['loo'], md, mk, mc, by, alone, margin):21.3f}  "
+            f"{1 - kept(scores['off_zh'], md, mk, mc, by, alone, margin):19.3f}  "
+            f"{1 - kept(scores['off_en'], md, mk, mc, by, alone, margin):10.3f}  "
+            f"{1 - kept(off_all, md, mk, mc, by, alone, margin):25.3f}"
         )
 
 

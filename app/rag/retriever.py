@@ -7,8 +7,9 @@ or its keyword score reaches ``min_keyword_score``, and it has (with its heading
 least ``min_coverage`` of the question's terms, each weighted by how rare it is among the
 knowledge base's chunks (a passage on a neighbouring topic scores high on both, and shares
 the question's common terms, yet lacks the name the question asks about); or when its dense
-similarity reaches ``dense_score_alone``, a closeness in meaning that neighbouring topics do
-not reach, whatever words it shares. Passages of equal
+similarity reaches ``dense_score_alone`` and stands ``dense_alone_margin`` above that of the
+query's ``dense_reference_rank``-th nearest chunk, a closeness in meaning that neighbouring
+topics do not reach, whatever words it shares. Passages of equal
 score (fusion ties a document's two chunks that the two searches rank in opposite orders) go
 in order of that coverage: the model reads the first passage most. An empty result
 means "nothing in the knowledge bases answers this": the chain then refuses (or falls back)
@@ -25,7 +26,7 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from app.rag.focus import TermRarity, coverage
 from app.rag.reranker import CrossEncoderReranker
@@ -59,12 +60,24 @@ def relevant(
     min_coverage: float = 0.0,
     rarity: TermRarity | None = None,
     dense_score_alone: float = 0.0,
+    dense_alone_margin: float = 0.0,
+    dense_reference: float | None = None,
 ) -> bool:
     """The relevance gate (all thresholds 0: every passage passes); ``rarity``: see
     ``question_coverage``; ``dense_score_alone`` (0: never): a dense similarity that passes
-    without the other checks."""
+    without the other checks when it is also ``dense_alone_margin`` above ``dense_reference``
+    (the similarity of the KB's ordinary passages to the query: in a KB on one topic every
+    passage is that close to any question on it)."""
     dense = doc.metadata.get("dense_score")
-    if dense_score_alone > 0 and dense is not None and dense >= dense_score_alone:
+    if (
+        dense_score_alone > 0
+        and dense is not None
+        and dense >= dense_score_alone
+        and (
+            dense_alone_margin <= 0
+            or (dense_reference is not None and dense - dense_reference >= dense_alone_margin)
+        )
+    ):
         return True
     if min_coverage > 0 and question_coverage(doc, query, rarity) < min_coverage:
         return False
@@ -90,24 +103,51 @@ class KnowledgeBaseRetriever(BaseRetriever):
     min_keyword_score: float = Field(0.0, ge=0, le=1)
     min_coverage: float = Field(0.0, ge=0, le=1)
     dense_score_alone: float = Field(0.0, ge=0, le=1)
+    dense_alone_margin: float = Field(0.0, ge=0, le=1)
+    dense_reference_rank: int = Field(10, ge=1)
     coverage_by_rarity: bool = True
     rarity_max_chunks: int = Field(20000, ge=1)
     rarity_prior_chunks: int = Field(100, ge=0)
     reranker: CrossEncoderReranker | None = None
     rerank_candidates: int = Field(20, ge=1)
+    _references: dict[tuple[str, str, int], float | None] = PrivateAttr(default_factory=dict)
 
     def relevant(self, doc: Document, query: str) -> bool:
         """The relevance gate with this retriever's thresholds (the query in the documents'
         words: ``KnowledgeBaseSearch.expand``)."""
+        query = self.search.expand(query)
+        dense = doc.metadata.get("dense_score")
+        reference = None
+        if (
+            self.dense_score_alone > 0
+            and self.dense_alone_margin > 0
+            and dense is not None
+            and dense >= self.dense_score_alone
+            and "kb" in doc.metadata
+        ):
+            reference = self.dense_reference(doc.metadata["kb"], query)
         return relevant(
             doc,
-            self.search.expand(query),
+            query,
             min_dense_score=self.min_dense_score,
             min_keyword_score=self.min_keyword_score,
             min_coverage=self.min_coverage,
             rarity=self.rarity_of(doc) if self.min_coverage > 0 else None,
             dense_score_alone=self.dense_score_alone,
+            dense_alone_margin=self.dense_alone_margin,
+            dense_reference=reference,
         )
+
+    def dense_reference(self, kb: str, query: str) -> float | None:
+        """The dense similarity of the query's ``dense_reference_rank``-th nearest chunk in
+        ``kb`` (the farthest one in a smaller KB): how close its ordinary passages come. One
+        extra nearest-neighbour query per KB and question, made only for a passage that could
+        pass alone, and kept for the retriever's life (one request)."""
+        key = (kb, query, self.dense_reference_rank)
+        if key not in self._references:
+            hits = self.search.dense(kb, query, self.dense_reference_rank)
+            self._references[key] = hits[-1][1] if hits else None
+        return self._references[key]
 
     def rarity_of(self, doc: Document) -> TermRarity | None:
         """The term rarity of the passage's knowledge base (None: terms counted flat)."""

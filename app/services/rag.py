@@ -280,6 +280,8 @@ class RagService:
             min_keyword_score=self.settings.min_keyword_score if gate else 0.0,
             min_coverage=self.settings.min_question_coverage if gate else 0.0,
             dense_score_alone=self.settings.min_dense_score_alone if gate else 0.0,
+            dense_alone_margin=self.settings.dense_alone_margin,
+            dense_reference_rank=self.settings.dense_reference_rank,
             coverage_by_rarity=self.settings.coverage_by_rarity,
             rarity_max_chunks=self.settings.rarity_max_chunks,
             rarity_prior_chunks=self.settings.rarity_prior_chunks,

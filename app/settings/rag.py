@@ -362,6 +362,26 @@ class RagSettings(Section):
         "96.9%); 0.89 lets more leave-one-out questions through (90.4%). 0: off (the "
         "previous gate).",
     )
+    dense_alone_margin: float = Field(
+        0.035,
+        ge=0,
+        le=1,
+        description="... and stands this far above the similarity of the question's "
+        "`dense_reference_rank`-th nearest chunk: in a knowledge base on one topic every "
+        "passage is that close to any question on it (the 等保 document: the best passage of "
+        "its questions at 0.92, the 10th 0.03 below; of questions it does not answer, "
+        '"云服务商需要通过哪些认证？", 0.921 and 0.030 below), so closeness alone says '
+        "nothing there and the coverage check decides; on cmrc2018-trial the passages that "
+        "pass alone stand 0.037-0.068 above theirs (`bench/rag.py --calibrate`). 0: no margin.",
+    )
+    dense_reference_rank: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Which nearest chunk is the reference of `dense_alone_margin` (the last "
+        "one in a smaller knowledge base): one more nearest-neighbour query, made only when a "
+        "passage could pass alone.",
+    )
     coverage_by_rarity: bool = Field(
         True,
         description="Weigh the coverage's terms by their rarity in the knowledge base (BM25's "

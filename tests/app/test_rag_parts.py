@@ -533,9 +533,14 @@ def test_relevance_gate_needs_the_question_terms() -> None:
     # a retry query: the earlier question, then the elliptical follow-up
     assert gate(right, f"{question}\n他的妻子叫什么？")
     assert relevant(near, question)  # no thresholds: every passage passes
-    # closer in meaning than this, a passage passes alone (rag.min_dense_score_alone)
+    # closer in meaning than this, a passage passes alone (rag.min_dense_score_alone), when it
+    # stands out from the KB's ordinary passages (rag.dense_alone_margin)
     assert gate(near, question, dense_score_alone=0.895)
     assert not gate(near, question, dense_score_alone=0.95)
+    alone = partial(gate, dense_score_alone=0.895, dense_alone_margin=0.035)
+    assert alone(near, question, dense_reference=0.85)
+    assert not alone(near, question, dense_reference=0.88)
+    assert not alone(near, question)  # no reference: no margin known
 
 
 def test_the_gate_weighs_the_question_terms_by_their_rarity(tmp_path: Path) -> None:
@@ -605,7 +610,8 @@ def test_a_passage_this_close_in_meaning_passes_the_gate_alone(tmp_path: Path) -
     answers it (叶为披针形…: "叶子" and "特点" are not in it), which covers too little of it for
     the gate, yet is closer in meaning than any neighbouring topic gets (real embeddings,
     BM25, Chroma, the default gate): it is answered, and a plant the KB does not hold is
-    still refused. With 0 (the previous gate) the first is refused too."""
+    still refused. With 0 (the previous gate) the first is refused too. It must also stand
+    out from the KB's ordinary passages (``rag.dense_alone_margin``)."""
     from app.rag.retriever import KnowledgeBaseRetriever, question_coverage
     from app.rag.search import KnowledgeBaseSearch
 
@@ -629,6 +635,8 @@ def test_a_passage_this_close_in_meaning_passes_the_gate_alone(tmp_path: Path) -
             min_keyword_score=rag.min_keyword_score,
             min_coverage=rag.min_question_coverage,
             dense_score_alone=rag.min_dense_score_alone,
+            dense_alone_margin=rag.dense_alone_margin,
+            dense_reference_rank=rag.dense_reference_rank,
         )
         question = "蓍的叶子有什么特点？"
         [passage] = gate.invoke(question)
@@ -639,6 +647,32 @@ def test_a_passage_this_close_in_meaning_passes_the_gate_alone(tmp_path: Path) -
         )
         assert gate.invoke("蒲公英的叶子有什么特点？") == []  # not in the KB
         assert gate.model_copy(update={"dense_score_alone": 0.0}).invoke(question) == []
+        # the margin's reference: the 10th nearest chunk, the farthest in a smaller KB
+        nearest = KnowledgeBaseSearch(kb).dense("k", question, 10)
+        assert len(nearest) == 4 and gate.dense_reference("k", question) == nearest[-1][1]
+        assert passage.metadata["dense_score"] - nearest[-1][1] >= rag.dense_alone_margin
+    # a KB on one topic: every passage is close to any question on it. Closeness alone (the
+    # coverage part made impossible) passes only when the passage stands out from its
+    # reference; with the second nearest chunk as the reference the leaf passage does not
+    one_topic = {
+        "a.txt": "蓍的分布\n蓍分布在蒙古、伊朗、欧洲、俄罗斯以及中国东北、内蒙古、新疆等地，生长于"
+        "海拔200米至2300米的湿草地。",
+        "b.txt": "蓍的茎\n蓍的根茎匍匐，茎直立，株高20－100厘米，有细条纹，包有白色柔毛。",
+        "c.txt": "蓍的叶\n蓍的叶为披针形或近条形，长5－20厘米，有羽状深裂，边缘有锐锯齿。",
+        "d.txt": "蓍的花\n蓍的花为伞房状花序，花色各异，白色居多；果实为瘦果，有冠毛。",
+        "e.txt": "蓍的用途\n蓍全草可以入药，用于医治风湿痛和毒蛇咬伤；古代用蓍草干燥的茎来占卜。",
+    }
+    with knowledge_base(tmp_path / "one", one_topic) as kb:
+        alone = KnowledgeBaseRetriever(
+            search=KnowledgeBaseSearch(kb),
+            knowledge_bases=["k"],
+            top_k=1,
+            min_coverage=1.0,
+            dense_score_alone=rag.min_dense_score_alone,
+            dense_alone_margin=rag.dense_alone_margin,
+        )
+        assert [d.metadata["filename"] for d in alone.invoke(question)] == ["c.txt"]
+        assert alone.model_copy(update={"dense_reference_rank": 2}).invoke(question) == []
 
 
 def test_passages_of_equal_score_go_in_order_of_how_much_of_the_question_they_cover(
