@@ -141,8 +141,8 @@ class KnowledgeBaseRetriever(BaseRetriever):
     def dense_reference(self, kb: str, query: str) -> float | None:
         """The dense similarity of the query's ``dense_reference_rank``-th nearest chunk in
         ``kb`` (the farthest one in a smaller KB): how close its ordinary passages come. One
-        extra nearest-neighbour query per KB and question, made only for a passage that could
-        pass alone, and kept for the retriever's life (one request)."""
+        extra nearest-neighbour query (the query embedded again) per KB and question, made only
+        for a passage that could pass alone, and kept for the retriever's life (one request)."""
         key = (kb, query, self.dense_reference_rank)
         if key not in self._references:
             hits = self.search.dense(kb, query, self.dense_reference_rank)
